@@ -1,0 +1,210 @@
+//! The `wasmbento` command line: argument parsing and printing only; the
+//! work is done by the library modules.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::deployment::DeploymentSpec;
+use crate::hub::HubRef;
+use crate::instance::{Runtime, RuntimeOptions};
+use crate::server::{self, DEFAULT_MAX_REQUEST_BYTES, ServeOptions};
+use crate::store::Store;
+use crate::tag::Tag;
+
+/// Serve inference services as WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "wasmbento", version, about)]
+pub struct Cli {
+    /// The store of models and bentos.
+    #[arg(long, env = "WASMBENTO_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage models in the store.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Build a plugin directory into a bento in the store.
+    Build {
+        /// A plugin directory: a cdylib crate with a bento.toml.
+        dir: PathBuf,
+    },
+    /// List the bentos in the store.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve bentos over HTTP, one deployment each.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Import a model from a directory or from a hub (hf://owner/name[@revision]).
+    Import {
+        /// A directory in Hugging Face format, or hf://owner/name[@revision].
+        source: String,
+        /// The tag to store it under (name or name:version).
+        #[arg(long)]
+        name: Tag,
+    },
+    /// List the models in the store.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Bentos to serve: `bento[:version]`, or `name=bento[:version]` to
+    /// choose the deployment name (default: the bento's name).
+    #[arg(required = true, value_name = "BENTO")]
+    pub bentos: Vec<DeploymentSpec>,
+    /// The deployment name, when serving a single bento.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Instances that may run at once (the pooling allocator's size).
+    #[arg(long, default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Allocate instances on demand instead of from a pool.
+    #[arg(long)]
+    pub no_pooling: bool,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let store = match &cli.home {
+        Some(home) => Store::open(home.clone())?,
+        None => Store::from_env()?,
+    };
+    match cli.command {
+        Command::Models(ModelsCommand::Import { source, name }) => import_model(&store, &source, &name).await,
+        Command::Models(ModelsCommand::List { json }) => list_models(&store, json),
+        Command::Build { dir } => {
+            let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir())?;
+            let bento = crate::builder::build(&store, &runtime, &dir).await?;
+            let m = &bento.manifest;
+            let apis: Vec<&str> = m.apis.iter().map(|a| a.name.as_str()).collect();
+            println!("built bento {} ({} bytes, APIs: {})", m.tag(), m.component.size, apis.join(", "));
+            Ok(())
+        }
+        Command::List { json } => list_bentos(&store, json),
+        Command::Serve(args) => serve(&store, args).await,
+    }
+}
+
+async fn import_model(store: &Store, source: &str, tag: &Tag) -> Result<()> {
+    let model = match HubRef::parse(source) {
+        Some(hub_ref) => {
+            let hub_ref = hub_ref?;
+            let scratch = store.scratch_dir()?;
+            crate::hub::download(&hub_ref, scratch.path()).await?;
+            let (store, tag, source, dir) =
+                (store.clone(), tag.clone(), source.to_string(), scratch.path().to_path_buf());
+            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &source)).await??
+        }
+        None => {
+            let dir = std::fs::canonicalize(source).with_context(|| format!("{source}: no such directory"))?;
+            let (store, tag) = (store.clone(), tag.clone());
+            let label = dir.display().to_string();
+            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &label)).await??
+        }
+    };
+    let size: u64 = model.info.files.iter().map(|f| f.size).sum();
+    println!("imported model {} ({} files, {} bytes)", model.tag(), model.info.files.len(), size);
+    Ok(())
+}
+
+fn list_models(store: &Store, json: bool) -> Result<()> {
+    let models = store.models()?;
+    if json {
+        let infos: Vec<_> = models.iter().map(|m| &m.info).collect();
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(());
+    }
+    println!("{:<40} {:>12}  {:<24}  SOURCE", "TAG", "SIZE", "CREATED");
+    for m in models {
+        let size: u64 = m.info.files.iter().map(|f| f.size).sum();
+        println!("{:<40} {:>12}  {:<24}  {}", m.tag().to_string(), size, m.info.created, m.info.source);
+    }
+    Ok(())
+}
+
+fn list_bentos(store: &Store, json: bool) -> Result<()> {
+    let bentos = store.bentos()?;
+    if json {
+        let manifests: Vec<_> = bentos.iter().map(|b| &b.manifest).collect();
+        println!("{}", serde_json::to_string_pretty(&manifests)?);
+        return Ok(());
+    }
+    println!("{:<32} {:>10}  {:<24}  {:<24}  MODELS", "TAG", "SIZE", "CREATED", "APIS");
+    for b in bentos {
+        let m = &b.manifest;
+        let apis: Vec<&str> = m.apis.iter().map(|a| a.name.as_str()).collect();
+        let models: Vec<&str> = m.models.values().map(String::as_str).collect();
+        println!(
+            "{:<32} {:>10}  {:<24}  {:<24}  {}",
+            m.tag().to_string(),
+            m.component.size,
+            m.created,
+            apis.join(","),
+            models.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
+    let mut deployments = args.bentos;
+    if let Some(name) = args.name {
+        anyhow::ensure!(deployments.len() == 1, "--name applies to a single bento; use name=bento for several");
+        crate::tag::check_part(&name, "deployment name", &name)?;
+        deployments[0].name = Some(name);
+    }
+    let options = ServeOptions {
+        deployments,
+        addr: SocketAddr::new(args.host, args.port),
+        max_request_bytes: args.max_request_bytes,
+        runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
+    };
+    let server = server::start(store, options).await?;
+    let addr = server.addr;
+    for d in server.state.deployments.values() {
+        for api in &d.bento().apis {
+            tracing::info!("POST http://{addr}/{}/{}", d.name(), api.name);
+        }
+    }
+    tracing::info!("listening on http://{addr} (docs: /docs.json, metrics: /metrics)");
+    let ready = async {
+        match server.wait_ready().await {
+            Ok(()) => tracing::info!("all deployments ready"),
+            Err(e) => tracing::error!("{e:#}"),
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = tokio::signal::ctrl_c() => return server.shutdown().await,
+    }
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}

@@ -1,0 +1,231 @@
+//! The HTTP surface: routes, request checks, and the one place where
+//! failures become status codes.
+//!
+//! * `POST /{deployment}/{api}`: JSON in, JSON out.
+//! * `GET /livez`, `GET /readyz` (503 until every deployment's models are
+//!   loaded), `GET /metrics`, `GET /docs.json`.
+//!
+//! Every response carries `x-request-id` (the caller's, or a new one). Every
+//! error is JSON `{"error": "..."}` naming the problem.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::deployment::{Deployment, DeploymentError};
+use crate::instance::CallFailure;
+use crate::metrics::{ApiLabels, Metrics, RequestLabels};
+
+/// The request/response header carrying the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What the handlers share.
+pub struct AppState {
+    pub deployments: BTreeMap<String, Arc<Deployment>>,
+    pub metrics: Metrics,
+    /// Largest accepted request body, in bytes.
+    pub max_request_bytes: usize,
+    openapi: serde_json::Value,
+}
+
+impl AppState {
+    pub fn new(deployments: BTreeMap<String, Arc<Deployment>>, max_request_bytes: usize) -> AppState {
+        let openapi = crate::openapi::document(deployments.values().map(|d| d.as_ref()));
+        AppState { deployments, metrics: Metrics::default(), max_request_bytes, openapi }
+    }
+}
+
+/// The router with every route and the request-id layer.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/docs.json", get(docs))
+        .route("/{deployment}/{api}", post(call_api))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; APIs are served as POST /{deployment}/{api}") })
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// A failure as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<DeploymentError> for ApiError {
+    fn from(e: DeploymentError) -> ApiError {
+        let status = match &e {
+            DeploymentError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeploymentError::Call(failure) => match failure {
+                CallFailure::BadInput(_) => StatusCode::BAD_REQUEST,
+                CallFailure::UnknownApi(_) => StatusCode::NOT_FOUND,
+                CallFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                CallFailure::Internal(_)
+                | CallFailure::Trap(_)
+                | CallFailure::MemoryLimit { .. }
+                | CallFailure::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let waiting: Vec<&str> = app.deployments.values().filter(|d| !d.is_ready()).map(|d| d.name()).collect();
+    if waiting.is_empty() {
+        "ok\n".into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: loading models of {}", waiting.join(", ")))
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn docs(State(app): State<Arc<AppState>>) -> Response {
+    Json(app.openapi.clone()).into_response()
+}
+
+async fn call_api(
+    State(app): State<Arc<AppState>>,
+    Path((deployment, api)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(d) = app.deployments.get(&deployment) else {
+        let known: Vec<&str> = app.deployments.keys().map(String::as_str).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no deployment named {deployment:?} (deployments: {})", known.join(", ")),
+        ));
+    };
+    if d.api(&api).is_none() {
+        let known: Vec<&str> = d.bento().apis.iter().map(|a| a.name.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("deployment {deployment:?} has no API named {api:?} (APIs: {})", known.join(", ")),
+        ));
+    }
+
+    let labels = ApiLabels { deployment: deployment.clone(), api: api.clone() };
+    let gauge = app.metrics.in_progress.get_or_create(&labels).clone();
+    gauge.inc();
+    let started = Instant::now();
+    let result = handle_call(&app, d, &api, &headers, body).await;
+    gauge.dec();
+
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status,
+    };
+    let request_labels = RequestLabels { deployment, api, status: status.as_u16() };
+    app.metrics.requests.get_or_create(&request_labels).inc();
+    app.metrics.duration.get_or_create(&request_labels).observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        if e.status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %e.message, "call failed");
+        }
+    }
+    let bytes = result?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+async fn handle_call(
+    app: &AppState,
+    d: &Deployment,
+    api: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    check_json_content_type(headers)?;
+    let limit = app.max_request_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds the limit of {limit} bytes"))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+        }
+    })?;
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is not valid JSON: {e}")));
+    }
+    let output = d.call(api, &bytes).await?;
+    Ok(Bytes::from(output))
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let unsupported = |what: String| {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{what}; send Content-Type: application/json"))
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("the request has no Content-Type".into()));
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(unsupported(format!("Content-Type {text:?} is not JSON")))
+    }
+}
+
+/// Takes the caller's `x-request-id` or makes one, runs the request in a
+/// span carrying it, and returns it on the response.
+async fn request_id(request: Request, next: Next) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:08x}-{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}

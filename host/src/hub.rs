@@ -1,0 +1,89 @@
+//! Importing models from a Hugging Face-style hub (`hf://owner/name[@revision]`).
+//!
+//! Uses `hf-hub`, which honours `HF_ENDPOINT` (a mirror or a private hub) and
+//! `HF_TOKEN`. Only the files a runner reads are downloaded: configuration,
+//! tokenizer and safetensors weights, not the ONNX, TensorFlow or PyTorch
+//! copies many repositories also carry.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// Files worth importing.
+const WANTED: &[&str] = &[
+    "*.json",
+    "*/config.json",
+    "*.safetensors",
+    "vocab.txt",
+    "merges.txt",
+    "*.model",
+];
+
+/// A parsed `hf://owner/name[@revision]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubRef {
+    pub owner: String,
+    pub name: String,
+    pub revision: Option<String>,
+}
+
+impl HubRef {
+    /// Parses `hf://owner/name[@revision]`; `None` when `s` is not an `hf://` reference.
+    pub fn parse(s: &str) -> Option<Result<HubRef>> {
+        let rest = s.strip_prefix("hf://")?;
+        let (repo, revision) = match rest.split_once('@') {
+            Some((repo, rev)) => (repo, Some(rev.to_string())),
+            None => (rest, None),
+        };
+        Some(match repo.split_once('/') {
+            Some((owner, name)) if !owner.is_empty() && !name.is_empty() && !name.contains('/') => {
+                if revision.as_deref() == Some("") {
+                    Err(anyhow::anyhow!("{s}: empty revision after '@'"))
+                } else {
+                    Ok(HubRef { owner: owner.into(), name: name.into(), revision })
+                }
+            }
+            _ => Err(anyhow::anyhow!("{s}: expected hf://owner/name[@revision]")),
+        })
+    }
+}
+
+/// Downloads the model's files into `dest`.
+pub async fn download(hub_ref: &HubRef, dest: &Path) -> Result<()> {
+    let client = hf_hub::HFClient::new().context("configuring the hub client")?;
+    let repo = client.model(hub_ref.owner.clone(), hub_ref.name.clone());
+    let endpoint = client.endpoint().to_string();
+    let request = repo
+        .snapshot_download()
+        .maybe_revision(hub_ref.revision.clone())
+        .allow_patterns(WANTED.iter().map(|s| s.to_string()).collect())
+        .local_dir(dest.to_path_buf());
+    request
+        .send()
+        .await
+        .with_context(|| format!("downloading {}/{} from {endpoint}", hub_ref.owner, hub_ref.name))?;
+    if !dest.join("config.json").is_file() {
+        bail!("{}/{} has no config.json", hub_ref.owner, hub_ref.name);
+    }
+    // hf-hub keeps bookkeeping under .cache in the target directory.
+    let _ = std::fs::remove_dir_all(dest.join(".cache"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hub_references() {
+        let r = HubRef::parse("hf://sentence-transformers/all-MiniLM-L6-v2@main").unwrap().unwrap();
+        assert_eq!(r.owner, "sentence-transformers");
+        assert_eq!(r.name, "all-MiniLM-L6-v2");
+        assert_eq!(r.revision.as_deref(), Some("main"));
+        assert_eq!(HubRef::parse("hf://a/b").unwrap().unwrap().revision, None);
+        assert!(HubRef::parse("./models/x").is_none());
+        for bad in ["hf://a", "hf://a/b/c", "hf:///b", "hf://a/b@"] {
+            assert!(HubRef::parse(bad).unwrap().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! wasmbento: serve inference services as WebAssembly components.
+//!
+//! A request's path through the host reads like the architecture:
+//!
+//! * [`http`]: routes, request checks, failure → status code;
+//! * [`deployment`]: which bento, which configuration, readiness;
+//! * [`instance`]: wasmtime engine, compiled components, a fresh instance per call;
+//! * [`nn`]: the `wasi:nn` host and the other guest imports;
+//! * [`runner`]: native model execution shared by all instances (candle on CPU).
+//!
+//! Beside it: [`store`] (models and bentos on disk), [`builder`] (plugin →
+//! bento), [`hub`] (model import), [`compile_cache`], [`metrics`],
+//! [`openapi`], [`server`] (wiring) and [`cli`].
+
+pub mod bindings;
+pub mod builder;
+pub mod cli;
+pub mod compile_cache;
+pub mod deployment;
+pub mod http;
+pub mod hub;
+pub mod instance;
+pub mod manifest;
+pub mod metrics;
+pub mod nn;
+pub mod openapi;
+pub mod runner;
+pub mod server;
+pub mod store;
+pub mod tag;

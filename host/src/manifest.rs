@@ -1,0 +1,217 @@
+//! `bento.toml`: what a bento is made of and how it is served by default.
+//!
+//! A plugin directory holds a *source* manifest ([`SourceManifest`]): name,
+//! version, description, the models the service may load and its traffic and
+//! scaling defaults. `wasmbento build` completes it into a [`BentoManifest`]
+//! with the APIs the component describes, the component's digest and the
+//! models resolved to exact versions, and stores that next to the component.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest in a plugin's source directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceManifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// Name the guest passes to `wasi:nn` `load-by-name` → model tag.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic: Traffic,
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+/// A built bento's manifest, stored as `bento.toml` beside the component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BentoManifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// RFC 3339 time of the build.
+    pub created: String,
+    pub component: ComponentInfo,
+    /// Name the guest uses → exact model tag (`name:version`) in the store.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic: Traffic,
+    #[serde(default)]
+    pub scaling: Scaling,
+    #[serde(default)]
+    pub apis: Vec<ApiSpec>,
+}
+
+/// The component file of a bento.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentInfo {
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub size: u64,
+}
+
+/// One API, as the component describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    pub name: String,
+    #[serde(default)]
+    pub doc: String,
+    /// JSON Schema of the request body, as JSON text.
+    pub input_schema: String,
+    /// JSON Schema of the response body, as JSON text.
+    pub output_schema: String,
+}
+
+/// Traffic control for the API service (BentoML's `traffic` keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Traffic {
+    /// Seconds from request to response before it fails with 504.
+    pub timeout: f64,
+    /// Simultaneous instances; `None` means bounded only by the host.
+    pub max_concurrency: Option<u32>,
+    /// Linear memory each instance may use, in MiB.
+    pub memory_limit_mib: u64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic { timeout: 60.0, max_concurrency: None, memory_limit_mib: 256 }
+    }
+}
+
+/// Replica bounds (used by the autoscaler).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling { min_replicas: 1, max_replicas: 1 }
+    }
+}
+
+impl Traffic {
+    /// Rejects values no deployment could run with, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            return Err(format!("traffic.timeout must be a positive number of seconds, got {}", self.timeout));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err("traffic.max_concurrency must be at least 1".into());
+        }
+        if self.memory_limit_mib == 0 || self.memory_limit_mib > 4096 {
+            return Err(format!(
+                "traffic.memory_limit_mib must be between 1 and 4096, got {}",
+                self.memory_limit_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Scaling {
+    /// Rejects `min_replicas > max_replicas`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_replicas > self.max_replicas {
+            return Err(format!(
+                "scaling.min_replicas ({}) must not exceed scaling.max_replicas ({})",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SourceManifest {
+    /// Parses and checks a source `bento.toml`.
+    pub fn parse(text: &str) -> anyhow::Result<SourceManifest> {
+        let manifest: SourceManifest = toml::from_str(text)?;
+        crate::tag::Tag::new(&manifest.name, &manifest.version)?;
+        manifest.traffic.validate().map_err(anyhow::Error::msg)?;
+        manifest.scaling.validate().map_err(anyhow::Error::msg)?;
+        for (alias, tag) in &manifest.models {
+            tag.parse::<crate::tag::Tag>()
+                .map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
+        }
+        Ok(manifest)
+    }
+}
+
+impl BentoManifest {
+    /// Parses a stored `bento.toml`.
+    pub fn parse(text: &str) -> anyhow::Result<BentoManifest> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The manifest as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a manifest serializes")
+    }
+
+    /// The bento's tag.
+    pub fn tag(&self) -> crate::tag::Tag {
+        crate::tag::Tag { name: self.name.clone(), version: self.version.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_manifest_defaults_and_checks() {
+        let m = SourceManifest::parse("name = \"hello\"\nversion = \"0.1.0\"\n").unwrap();
+        assert_eq!(m.traffic, Traffic::default());
+        assert!(m.models.is_empty());
+
+        let err = SourceManifest::parse("name = \"Hello\"\nversion = \"1\"\n").unwrap_err();
+        assert!(err.to_string().contains("invalid tag"), "{err}");
+
+        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[traffic]\ntimeout = 0\n").unwrap_err();
+        assert!(err.to_string().contains("traffic.timeout"), "{err}");
+
+        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[scaling]\nmin_replicas = 3\nmax_replicas = 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("min_replicas (3)"), "{err}");
+
+        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bento_manifest_round_trips() {
+        let m = BentoManifest {
+            name: "hello".into(),
+            version: "0.1.0".into(),
+            description: String::new(),
+            created: "2026-01-01T00:00:00Z".into(),
+            component: ComponentInfo { digest: "sha256:00".into(), size: 3 },
+            models: BTreeMap::from([("m".to_string(), "m:abc".to_string())]),
+            traffic: Traffic::default(),
+            scaling: Scaling::default(),
+            apis: vec![ApiSpec {
+                name: "greet".into(),
+                doc: "Greets.".into(),
+                input_schema: "{\"type\":\"object\"}".into(),
+                output_schema: "{}".into(),
+            }],
+        };
+        let back = BentoManifest::parse(&m.to_toml()).unwrap();
+        assert_eq!(back.apis, m.apis);
+        assert_eq!(back.models, m.models);
+        assert_eq!(back.component, m.component);
+    }
+}

@@ -1,0 +1,64 @@
+//! Prometheus metrics of the data plane, served at `GET /metrics`.
+//!
+//! Names follow BentoML's (`bentoml_service_request_*`) under the
+//! `wasmbento_` prefix: request count and duration by deployment, API and
+//! status, and requests in progress by deployment and API.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// BentoML's default duration buckets, in seconds.
+const DURATION_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub deployment: String,
+    pub api: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub deployment: String,
+    pub api: String,
+}
+
+/// The host's metrics and their registry.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RequestLabels, Histogram>,
+    pub in_progress: Family<ApiLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wasmbento");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS.iter().copied())
+        });
+        let in_progress = Family::<ApiLabels, Gauge>::default();
+        registry.register("request", "Requests answered", requests.clone());
+        registry.register("request_duration_seconds", "Time to answer a request", duration.clone());
+        registry.register("request_in_progress", "Requests being handled", in_progress.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, in_progress }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap())
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

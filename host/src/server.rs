@@ -1,0 +1,108 @@
+//! `wasmbento serve`: prepare deployments, load their models, serve HTTP.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::deployment::{Deployment, DeploymentSpec};
+use crate::http::{AppState, router};
+use crate::instance::{Runtime, RuntimeOptions};
+use crate::runner::Runners;
+use crate::store::Store;
+
+/// Default largest request body: 4 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub deployments: Vec<DeploymentSpec>,
+    pub addr: SocketAddr,
+    pub max_request_bytes: usize,
+    pub runtime: RuntimeOptions,
+}
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub runtime: Runtime,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Prepares every deployment, binds the address and starts serving. Model
+/// loading continues in the background; `/readyz` says when it is done.
+pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer> {
+    if options.deployments.is_empty() {
+        bail!("nothing to serve: name at least one bento");
+    }
+    let runtime = Runtime::new(&options.runtime, &store.compiled_cache_dir())?;
+    tracing::info!(pooling = runtime.pooling(), "engine ready");
+    let runners = Arc::new(Runners::default());
+
+    let mut deployments = BTreeMap::new();
+    let mut pending = Vec::new();
+    for spec in &options.deployments {
+        let (store, runtime, spec2) = (store.clone(), runtime.clone(), spec.clone());
+        let (deployment, models) =
+            tokio::task::spawn_blocking(move || Deployment::prepare(&store, &runtime, &spec2)).await??;
+        let deployment = Arc::new(deployment);
+        if deployments.insert(deployment.name().to_string(), Arc::clone(&deployment)).is_some() {
+            bail!("two deployments are named {:?}; give one another name with name=bento", deployment.name());
+        }
+        pending.push((deployment, models));
+    }
+    for (deployment, models) in pending {
+        let runners = Arc::clone(&runners);
+        tokio::spawn(async move {
+            if let Err(e) = deployment.load_models(&runners, models).await {
+                tracing::error!(deployment = deployment.name(), error = %format!("{e:#}"), "loading models failed; the deployment stays unready");
+            }
+        });
+    }
+
+    let state = Arc::new(AppState::new(deployments, options.max_request_bytes));
+    let listener = TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = router(Arc::clone(&state));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer { addr, state, runtime, shutdown: Some(tx), task })
+}
+
+impl RunningServer {
+    /// Waits until every deployment is ready (or one failed to load).
+    pub async fn wait_ready(&self) -> Result<()> {
+        for deployment in self.state.deployments.values() {
+            deployment.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, finishes in-flight requests and returns.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Serves until the task ends (e.g. on a signal handled by the caller).
+    pub async fn join(self) -> Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+}
