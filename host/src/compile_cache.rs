@@ -53,7 +53,8 @@ impl CompileCache {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let actual = crate::store::digest_of(&bytes);
         anyhow::ensure!(actual == digest, "{} has digest {actual}, expected {digest}", path.display());
-        let component = Component::new(engine, &bytes).context("compiling the component")?;
+        let component =
+            Component::new(engine, &bytes).map_err(anyhow::Error::from).context("compiling the component")?;
         tracing::info!(digest, took_ms = started.elapsed().as_millis() as u64, "component compiled");
         std::fs::create_dir_all(&self.dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::io::AsyncWrite;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
     UpdateDeadline,
@@ -124,8 +124,10 @@ impl Runtime {
     /// links it. `digest` is the file's `sha256:` digest.
     pub fn load(&self, path: &Path, digest: &str) -> Result<(ServiceComponent, Loaded)> {
         let (component, loaded) = self.cache.load(&self.engine, path, digest)?;
-        let pre = self.linker.instantiate_pre(&component).context("linking the component")?;
-        let pre = ServicePre::new(pre).context("the component does not export wasmbento:service/api")?;
+        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).context("linking the component")?;
+        let pre = ServicePre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export wasmbento:service/api")?;
         Ok((ServiceComponent { engine: self.engine.clone(), pre }, loaded))
     }
 }
@@ -318,7 +320,7 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -326,7 +328,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }

