@@ -14,13 +14,19 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wasmbento_tests::{
-    build_plugin, cosine, embeddings, error_message, max_abs_diff, reference, serve_options, temp_store, texts, tiny_bert,
+    build_plugin, cosine, embeddings, error_message, max_abs_diff, reference, serve_options,
+    temp_store, texts, tiny_bert,
 };
 
 const MODEL: &str = "all-minilm-l6-v2";
 
 async fn encode(http: &reqwest::Client, base: &str, body: Value) -> (StatusCode, Value) {
-    let res = http.post(format!("{base}/embedder/encode")).json(&body).send().await.unwrap();
+    let res = http
+        .post(format!("{base}/embedder/encode"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = res.status();
     (status, res.json().await.unwrap())
 }
@@ -42,10 +48,14 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
     let (_home, store) = temp_store();
     let model_dir = tempfile::tempdir().unwrap();
     tiny_bert::write(model_dir.path(), 7);
-    store.import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "tiny").unwrap();
+    store
+        .import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "tiny")
+        .unwrap();
     build_plugin(&store, "plugins/embedder").await.unwrap();
 
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
+        .await
+        .unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -65,9 +75,18 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
     let weights = tiny_bert::weights(7);
     for (text, vector) in inputs.iter().zip(&got) {
         assert_eq!(vector.len(), tiny_bert::HIDDEN);
-        let want = reference::embed(&weights, &ids_of(text), tiny_bert::HIDDEN, tiny_bert::HEADS, tiny_bert::LAYERS);
+        let want = reference::embed(
+            &weights,
+            &ids_of(text),
+            tiny_bert::HIDDEN,
+            tiny_bert::HEADS,
+            tiny_bert::LAYERS,
+        );
         let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
-        assert!(cos > 0.99999 && diff < 1e-4, "{text:?}: cosine {cos}, max diff {diff}");
+        assert!(
+            cos > 0.99999 && diff < 1e-4,
+            "{text:?}: cosine {cos}, max diff {diff}"
+        );
     }
 
     // Batching with padding changes nothing: each text alone gives the same vector.
@@ -80,7 +99,10 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
     // Bad input: clear 400s naming the field.
     for (body, needle) in [
         (json!({"texts": []}), "texts: must hold at least one text"),
-        (json!({"texts": ["ok", 3]}), "texts[1]: invalid type: integer `3`"),
+        (
+            json!({"texts": ["ok", 3]}),
+            "texts[1]: invalid type: integer `3`",
+        ),
         (json!({"text": ["a"]}), "unknown field `text`"),
         (json!({"texts": vec!["a"; 257]}), "at most 256 texts"),
     ] {
@@ -93,10 +115,13 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unready_until_models_load_and_missing_models_fail_the_build() {
+async fn build_fails_clearly_when_a_model_is_missing() {
     let (_home, store) = temp_store();
     let err = build_plugin(&store, "plugins/embedder").await.unwrap_err();
-    assert!(format!("{err:#}").contains("all-minilm-l6-v2:latest is not in the store"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("all-minilm-l6-v2:latest is not in the store"),
+        "{err:#}"
+    );
 }
 
 /// The all-MiniLM-L6-v2 directory: `WASMBENTO_MINILM_DIR`, or the Python package.
@@ -118,15 +143,19 @@ fn minilm_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_matches_sentence_transformers() {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/minilm-reference.json")).expect("the fixture parses");
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/minilm-reference.json"))
+        .expect("the fixture parses");
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
 
     let (_home, store) = temp_store();
-    store.import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test").unwrap();
+    store
+        .import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test")
+        .unwrap();
     build_plugin(&store, "plugins/embedder").await.unwrap();
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
+        .await
+        .unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -136,10 +165,19 @@ async fn minilm_matches_sentence_transformers() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let got = embeddings(&body);
     for (case, vector) in cases.iter().zip(&got) {
-        let want: Vec<f32> = case["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> = case["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(vector.len(), 384);
         let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
-        assert!(cos >= 0.9999 && diff <= 1e-4, "{:?}: cosine {cos}, max abs diff {diff}", case["text"]);
+        assert!(
+            cos >= 0.9999 && diff <= 1e-4,
+            "{:?}: cosine {cos}, max abs diff {diff}",
+            case["text"]
+        );
     }
     server.shutdown().await.unwrap();
 }

@@ -46,16 +46,27 @@ impl CompileCache {
             // store; wasmtime still checks its header before use.
             match unsafe { Component::deserialize_file(engine, &artifact) } {
                 Ok(component) => return Ok((component, Loaded::FromCache)),
-                Err(e) => tracing::warn!(artifact = %artifact.display(), error = %e, "recompiling: cached artifact unusable"),
+                Err(e) => {
+                    tracing::warn!(artifact = %artifact.display(), error = %e, "recompiling: cached artifact unusable")
+                }
             }
         }
         let started = std::time::Instant::now();
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let actual = crate::store::digest_of(&bytes);
-        anyhow::ensure!(actual == digest, "{} has digest {actual}, expected {digest}", path.display());
-        let component =
-            Component::new(engine, &bytes).map_err(anyhow::Error::from).context("compiling the component")?;
-        tracing::info!(digest, took_ms = started.elapsed().as_millis() as u64, "component compiled");
+        anyhow::ensure!(
+            actual == digest,
+            "{} has digest {actual}, expected {digest}",
+            path.display()
+        );
+        let component = Component::new(engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .context("compiling the component")?;
+        tracing::info!(
+            digest,
+            took_ms = started.elapsed().as_millis() as u64,
+            "component compiled"
+        );
         std::fs::create_dir_all(&self.dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         std::fs::write(tmp.path(), component.serialize()?)?;

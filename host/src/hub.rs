@@ -40,7 +40,11 @@ impl HubRef {
                 if revision.as_deref() == Some("") {
                     Err(anyhow::anyhow!("{s}: empty revision after '@'"))
                 } else {
-                    Ok(HubRef { owner: owner.into(), name: name.into(), revision })
+                    Ok(HubRef {
+                        owner: owner.into(),
+                        name: name.into(),
+                        revision,
+                    })
                 }
             }
             _ => Err(anyhow::anyhow!("{s}: expected hf://owner/name[@revision]")),
@@ -58,10 +62,12 @@ pub async fn download(hub_ref: &HubRef, dest: &Path) -> Result<()> {
         .maybe_revision(hub_ref.revision.clone())
         .allow_patterns(WANTED.iter().map(|s| s.to_string()).collect())
         .local_dir(dest.to_path_buf());
-    request
-        .send()
-        .await
-        .with_context(|| format!("downloading {}/{} from {endpoint}", hub_ref.owner, hub_ref.name))?;
+    request.send().await.with_context(|| {
+        format!(
+            "downloading {}/{} from {endpoint}",
+            hub_ref.owner, hub_ref.name
+        )
+    })?;
     if !dest.join("config.json").is_file() {
         bail!("{}/{} has no config.json", hub_ref.owner, hub_ref.name);
     }
@@ -76,7 +82,9 @@ mod tests {
 
     #[test]
     fn parses_hub_references() {
-        let r = HubRef::parse("hf://sentence-transformers/all-MiniLM-L6-v2@main").unwrap().unwrap();
+        let r = HubRef::parse("hf://sentence-transformers/all-MiniLM-L6-v2@main")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.owner, "sentence-transformers");
         assert_eq!(r.name, "all-MiniLM-L6-v2");
         assert_eq!(r.revision.as_deref(), Some("main"));

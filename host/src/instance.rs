@@ -33,8 +33,8 @@ use anyhow::{Context, Result};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
-    UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -62,7 +62,10 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { pooling: true, max_instances: 1000 }
+        RuntimeOptions {
+            pooling: true,
+            max_instances: 1000,
+        }
     }
 }
 
@@ -79,11 +82,16 @@ impl Runtime {
     /// Creates the engine; `cache_dir` holds precompiled components.
     pub fn new(options: &RuntimeOptions, cache_dir: &Path) -> Result<Runtime> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true).memory_init_cow(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true);
 
         let (engine, pooling) = if options.pooling {
             let mut pooled = config.clone();
-            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(options.max_instances)));
+            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+                options.max_instances,
+            )));
             match Engine::new(&pooled) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
@@ -108,7 +116,12 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
         let cache = CompileCache::new(cache_dir.to_path_buf(), engine_key);
-        Ok(Runtime { engine, linker: Arc::new(linker), cache, pooling })
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            pooling,
+        })
     }
 
     /// Whether instances come from the pooling allocator.
@@ -124,11 +137,21 @@ impl Runtime {
     /// links it. `digest` is the file's `sha256:` digest.
     pub fn load(&self, path: &Path, digest: &str) -> Result<(ServiceComponent, Loaded)> {
         let (component, loaded) = self.cache.load(&self.engine, path, digest)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).context("linking the component")?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("linking the component")?;
         let pre = ServicePre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export wasmbento:service/api")?;
-        Ok((ServiceComponent { engine: self.engine.clone(), pre }, loaded))
+        Ok((
+            ServiceComponent {
+                engine: self.engine.clone(),
+                pre,
+            },
+            loaded,
+        ))
     }
 }
 
@@ -217,7 +240,10 @@ impl ServiceComponent {
         let pre = &self.pre;
         let run = async {
             let service = pre.instantiate_async(&mut store).await?;
-            service.wasmbento_service_api().call_call(&mut store, api, input).await
+            service
+                .wasmbento_service_api()
+                .call_call(&mut store, api, input)
+                .await
         };
         let outcome = tokio::time::timeout_at(options.deadline.into(), run).await;
         let guest_output = output.text();
@@ -242,7 +268,10 @@ impl ServiceComponent {
         };
         let (mut store, _) = self.new_store(Arc::new(ModelSet::default()), &options);
         let service = self.pre.instantiate_async(&mut store).await?;
-        let apis = service.wasmbento_service_api().call_describe(&mut store).await?;
+        let apis = service
+            .wasmbento_service_api()
+            .call_describe(&mut store)
+            .await?;
         Ok(apis
             .into_iter()
             .map(|a| ApiSpec {
@@ -254,13 +283,23 @@ impl ServiceComponent {
             .collect())
     }
 
-    fn new_store(&self, models: Arc<ModelSet>, options: &CallOptions) -> (Store<HostState>, GuestOutput) {
+    fn new_store(
+        &self,
+        models: Arc<ModelSet>,
+        options: &CallOptions,
+    ) -> (Store<HostState>, GuestOutput) {
         let output = GuestOutput::default();
-        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: options.memory_limit, hit: false },
+            limiter: MemoryLimiter {
+                limit: options.memory_limit,
+                hit: false,
+            },
             models,
         };
         let mut store = Store::new(&self.engine, state);
@@ -279,14 +318,28 @@ impl ServiceComponent {
     }
 }
 
-fn classify(error: wasmtime::Error, state: &HostState, started: Instant, guest_output: &str) -> CallFailure {
+fn classify(
+    error: wasmtime::Error,
+    state: &HostState,
+    started: Instant,
+    guest_output: &str,
+) -> CallFailure {
     if state.limiter.hit {
-        return CallFailure::MemoryLimit { limit_mib: (state.limiter.limit >> 20) as u64 };
+        return CallFailure::MemoryLimit {
+            limit_mib: (state.limiter.limit >> 20) as u64,
+        };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallFailure::Timeout(started.elapsed()),
         Some(trap) => {
-            let said = guest_output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            // A Rust guest's panic prints "thread ... panicked at FILE:\nMESSAGE\nnote: ...".
+            let said: Vec<&str> = guest_output
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("note: run with"))
+                .collect();
+            let said = said.join(" ");
+            let said = &said[said.floor_char_boundary(said.len().saturating_sub(500))..];
             if said.is_empty() {
                 CallFailure::Trap(trap.to_string())
             } else {
@@ -308,7 +361,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -320,7 +376,12 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -328,7 +389,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -345,7 +411,11 @@ impl GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut kept = self.0.lock().unwrap();
         let room = GUEST_OUTPUT_CAP.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..buf.len().min(room)]);

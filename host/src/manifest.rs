@@ -85,7 +85,11 @@ pub struct Traffic {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { timeout: 60.0, max_concurrency: None, memory_limit_mib: 256 }
+        Traffic {
+            timeout: 60.0,
+            max_concurrency: None,
+            memory_limit_mib: 256,
+        }
     }
 }
 
@@ -99,7 +103,10 @@ pub struct Scaling {
 
 impl Default for Scaling {
     fn default() -> Self {
-        Scaling { min_replicas: 1, max_replicas: 1 }
+        Scaling {
+            min_replicas: 1,
+            max_replicas: 1,
+        }
     }
 }
 
@@ -107,7 +114,10 @@ impl Traffic {
     /// Rejects values no deployment could run with, naming the key.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.timeout.is_finite() && self.timeout > 0.0) {
-            return Err(format!("traffic.timeout must be a positive number of seconds, got {}", self.timeout));
+            return Err(format!(
+                "traffic.timeout must be a positive number of seconds, got {}",
+                self.timeout
+            ));
         }
         if self.max_concurrency == Some(0) {
             return Err("traffic.max_concurrency must be at least 1".into());
@@ -163,7 +173,10 @@ impl BentoManifest {
 
     /// The bento's tag.
     pub fn tag(&self) -> crate::tag::Tag {
-        crate::tag::Tag { name: self.name.clone(), version: self.version.clone() }
+        crate::tag::Tag {
+            name: self.name.clone(),
+            version: self.version.clone(),
+        }
     }
 }
 
@@ -180,11 +193,14 @@ mod tests {
         let err = SourceManifest::parse("name = \"Hello\"\nversion = \"1\"\n").unwrap_err();
         assert!(err.to_string().contains("invalid tag"), "{err}");
 
-        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[traffic]\ntimeout = 0\n").unwrap_err();
+        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[traffic]\ntimeout = 0\n")
+            .unwrap_err();
         assert!(err.to_string().contains("traffic.timeout"), "{err}");
 
-        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[scaling]\nmin_replicas = 3\nmax_replicas = 1\n")
-            .unwrap_err();
+        let err = SourceManifest::parse(
+            "name = \"a\"\nversion = \"1\"\n[scaling]\nmin_replicas = 3\nmax_replicas = 1\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("min_replicas (3)"), "{err}");
 
         let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\nbogus = 1\n").unwrap_err();
@@ -198,7 +214,10 @@ mod tests {
             version: "0.1.0".into(),
             description: String::new(),
             created: "2026-01-01T00:00:00Z".into(),
-            component: ComponentInfo { digest: "sha256:00".into(), size: 3 },
+            component: ComponentInfo {
+                digest: "sha256:00".into(),
+                size: 3,
+            },
             models: BTreeMap::from([("m".to_string(), "m:abc".to_string())]),
             traffic: Traffic::default(),
             scaling: Scaling::default(),

@@ -27,7 +27,10 @@ impl Model {
     /// of its weights however many instances load it.
     pub fn load(name: &str) -> Result<Model, Error> {
         let graph = graph::load_by_name(name).map_err(|e| nn_error(name, e))?;
-        Ok(Model { name: name.to_string(), graph })
+        Ok(Model {
+            name: name.to_string(),
+            graph,
+        })
     }
 
     /// Tokenizes `texts` with the model's own tokenizer (in the host) into
@@ -38,9 +41,13 @@ impl Model {
 
     /// Runs the model on `inputs`.
     pub fn compute(&self, inputs: Vec<(String, Tensor)>) -> Result<Outputs, Error> {
-        let context: GraphExecutionContext =
-            self.graph.init_execution_context().map_err(|e| nn_error(&self.name, e))?;
-        let outputs = context.compute(inputs).map_err(|e| nn_error(&self.name, e))?;
+        let context: GraphExecutionContext = self
+            .graph
+            .init_execution_context()
+            .map_err(|e| nn_error(&self.name, e))?;
+        let outputs = context
+            .compute(inputs)
+            .map_err(|e| nn_error(&self.name, e))?;
         Ok(Outputs(outputs))
     }
 }
@@ -75,7 +82,9 @@ pub fn rows_f32(tensor: &Tensor) -> Result<Vec<Vec<f32>>, Error> {
         return Err(Error::internal("expected an FP32 tensor"));
     }
     let dims = tensor.dimensions();
-    let width = *dims.last().ok_or_else(|| Error::internal("tensor has no dimensions"))? as usize;
+    let width = *dims
+        .last()
+        .ok_or_else(|| Error::internal("tensor has no dimensions"))? as usize;
     let data = tensor.data();
     let values: Vec<f32> = data
         .chunks_exact(4)

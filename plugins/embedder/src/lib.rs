@@ -3,9 +3,9 @@
 //! attention mask and L2-normalises; this service only validates and shapes
 //! the JSON.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use wasmbento_sdk::nn::{self, Model};
-use schemars::JsonSchema;
 use wasmbento_sdk::{Apis, Error, Service};
 
 /// The model name this service declares in its bento.toml.
@@ -53,7 +53,9 @@ fn encode(request: EncodeRequest) -> Result<EncodeResponse, Error> {
     let outputs = model.compute(inputs)?;
     let embeddings = nn::rows_f32(outputs.get("sentence_embedding")?)?;
     if embeddings.len() != request.texts.len() {
-        return Err(Error::internal("the model returned a different number of embeddings"));
+        return Err(Error::internal(
+            "the model returned a different number of embeddings",
+        ));
     }
     Ok(EncodeResponse { embeddings })
 }

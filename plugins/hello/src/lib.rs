@@ -1,7 +1,7 @@
 //! The smallest useful service: one API, no model.
 
-use serde::{Deserialize, Serialize};
 use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use wasmbento_sdk::{Apis, Error, Service};
 
 #[derive(Deserialize, JsonSchema)]
@@ -23,7 +23,9 @@ impl Service for Hello {
             if input.name.trim().is_empty() {
                 return Err(Error::bad_input("name: must not be empty"));
             }
-            Ok(Greeting { message: format!("Hello, {}!", input.name) })
+            Ok(Greeting {
+                message: format!("Hello, {}!", input.name),
+            })
         });
     }
 }
