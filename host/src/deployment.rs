@@ -161,6 +161,15 @@ impl Deployment {
         matches!(*self.readiness.borrow(), Readiness::Ready(_))
     }
 
+    /// Why the deployment cannot answer yet, if it cannot.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        match &*self.readiness.borrow() {
+            Readiness::Ready(_) => None,
+            Readiness::Loading => Some("loading models".into()),
+            Readiness::Failed(message) => Some(message.clone()),
+        }
+    }
+
     pub fn api(&self, name: &str) -> Option<&ApiSpec> {
         self.bento.apis.iter().find(|a| a.name == name)
     }

@@ -113,20 +113,16 @@ impl From<DeploymentError> for ApiError {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    let waiting: Vec<&str> = app
+    let waiting: Vec<String> = app
         .deployments
         .values()
-        .filter(|d| !d.is_ready())
-        .map(|d| d.name())
+        .filter_map(|d| d.not_ready_reason().map(|why| format!("{}: {why}", d.name())))
         .collect();
     if waiting.is_empty() {
         "ok\n".into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: loading models of {}", waiting.join(", ")),
-        )
-        .into_response()
+        let message = format!("not ready: {}", waiting.join("; "));
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response()
     }
 }
 

@@ -1,0 +1,209 @@
+//! Serving benchmarks; results and how to read them: docs/benchmarks.md.
+//!
+//! `cargo bench -p wasmbento-tests --bench serving` (set `WASMBENTO_MINILM_DIR`
+//! to the all-MiniLM-L6-v2 directory, or let scripts/bench.sh do it).
+//!
+//! Every figure is a median over repetitions measured in this run, and every
+//! comparison is a ratio against a baseline measured in the same run: this
+//! machine is noisy, absolute numbers move, ratios much less.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wasmbento::instance::{CallOptions, Runtime, RuntimeOptions, ServiceComponent};
+use wasmbento::nn::ModelSet;
+use wasmbento::runner::Runners;
+use wasmbento::store::Store;
+use wasmbento_tests::{build_plugin, serve_options};
+
+const SENTENCES: &[&str] = &[
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+];
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[((xs.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn options() -> CallOptions {
+    CallOptions { deadline: Instant::now() + Duration::from_secs(60), memory_limit: 256 << 20 }
+}
+
+/// Median µs of `iters` sequential calls, over `reps` repetitions.
+async fn per_call_us(component: &ServiceComponent, models: &Arc<ModelSet>, api: &str, input: &[u8], iters: usize, reps: usize) -> f64 {
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        let started = Instant::now();
+        for _ in 0..iters {
+            component.call(Arc::clone(models), api, input, &options()).await.unwrap();
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    }
+    median(samples)
+}
+
+fn minilm_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("WASMBENTO_MINILM_DIR").expect("set WASMBENTO_MINILM_DIR (scripts/bench.sh does)"))
+}
+
+#[tokio::main]
+async fn main() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let hello = build_plugin(&store, "plugins/hello").await.unwrap();
+    let model = store.import_model_dir(&minilm_dir(), &"all-minilm-l6-v2".parse().unwrap(), "bench").unwrap();
+    let embedder = build_plugin(&store, "plugins/embedder").await.unwrap();
+    let mut report = String::new();
+    let mut line = |s: String| {
+        println!("{s}");
+        report.push_str(&s);
+        report.push('\n');
+    };
+
+    // ---- 1. instantiate + call of hello, in process ----
+    let greet = serde_json::to_vec(&json!({"name": "bench"})).unwrap();
+    let no_models = Arc::new(ModelSet::default());
+    let mut rows = Vec::new();
+    for pooling in [true, false] {
+        let runtime = Runtime::new(&RuntimeOptions { pooling, max_instances: 100 }, &store.compiled_cache_dir()).unwrap();
+        let (component, _) = runtime.load(&hello.component_path, &hello.manifest.component.digest).unwrap();
+        per_call_us(&component, &no_models, "greet", &greet, 200, 1).await; // warm up
+        rows.push((pooling, per_call_us(&component, &no_models, "greet", &greet, 500, 9).await));
+    }
+    line("## hello: fresh instance + call, in process (median of 9 × 500 calls)".into());
+    line("| allocator | µs per call | ratio to pooling |".into());
+    line("|---|---|---|".into());
+    for (pooling, us) in &rows {
+        line(format!("| {} | {us:.1} | {:.2} |", if *pooling { "pooling" } else { "on-demand" }, us / rows[0].1));
+    }
+
+    // ---- 2. embedder: host overhead vs candle directly ----
+    let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
+    let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
+    let runners = Runners::default();
+    let runner = runners.get_or_load(&model).await.unwrap();
+    let models = Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
+    line(String::new());
+    line("## embedder: one call, in process (median of 15 × 20 calls)".into());
+    line("| texts | candle forward (ms) | tokenize + forward (ms) | through the component (ms) | overhead outside the forward pass (ms) | ratio |".into());
+    line("|---|---|---|---|---|---|".into());
+    for n in [1usize, 8] {
+        let texts: Vec<String> = SENTENCES.iter().cycle().take(n).map(|s| s.to_string()).collect();
+        let tokenizer = runner.tokenizer().unwrap();
+        let inputs = tokenizer.encode(&texts).unwrap();
+        let body = serde_json::to_vec(&json!({ "texts": texts })).unwrap();
+        let (mut forward, mut tok_forward, mut through) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            runner.compute_blocking(&inputs).unwrap();
+            component.call(Arc::clone(&models), "encode", &body, &options()).await.unwrap();
+        }
+        // Interleave the three so drift hits them alike.
+        for _ in 0..15 {
+            let t = Instant::now();
+            for _ in 0..20 {
+                runner.compute_blocking(&inputs).unwrap();
+            }
+            forward.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
+            let t = Instant::now();
+            for _ in 0..20 {
+                let inputs = tokenizer.encode(&texts).unwrap();
+                runner.compute_blocking(&inputs).unwrap();
+            }
+            tok_forward.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
+            let t = Instant::now();
+            for _ in 0..20 {
+                component.call(Arc::clone(&models), "encode", &body, &options()).await.unwrap();
+            }
+            through.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
+        }
+        let (f, tf, c) = (median(forward), median(tok_forward), median(through));
+        line(format!("| {n} | {f:.3} | {tf:.3} | {c:.3} | {:.3} | {:.3} |", c - f, c / f));
+    }
+
+    // ---- 3. embedder over HTTP at 1 and 32 clients vs candle at the same concurrency ----
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let url = format!("http://{}/embedder/encode", server.addr);
+    let http = reqwest::Client::new();
+    line(String::new());
+    line("## embedder: throughput, one sentence per request (5 s per point)".into());
+    line("| clients | HTTP req/s | HTTP p50 (ms) | HTTP p99 (ms) | candle direct req/s | HTTP / direct |".into());
+    line("|---|---|---|---|---|---|".into());
+    let tokenizer_runner = Arc::clone(&runner);
+    for clients in [1usize, 32] {
+        let window = Duration::from_secs(5);
+        // HTTP
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (http, url) = (http.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = c;
+                while started.elapsed() < window {
+                    let t = Instant::now();
+                    let res = http.post(&url).json(&json!({"texts": [SENTENCES[i % SENTENCES.len()]]})).send().await.unwrap();
+                    assert!(res.status().is_success());
+                    res.bytes().await.unwrap();
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let http_rps = lat.len() as f64 / started.elapsed().as_secs_f64();
+        // Direct: tokenize + forward on the blocking pool, same concurrency.
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let runner = Arc::clone(&tokenizer_runner);
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0usize;
+                let mut i = c;
+                while started.elapsed() < window {
+                    let texts = vec![SENTENCES[i % SENTENCES.len()].to_string()];
+                    let inputs = runner.tokenizer().unwrap().encode(&texts).unwrap();
+                    runner.compute(inputs).await.unwrap();
+                    done += 1;
+                    i += 1;
+                }
+                done
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            done += t.await.unwrap();
+        }
+        let direct_rps = done as f64 / started.elapsed().as_secs_f64();
+        line(format!(
+            "| {clients} | {http_rps:.0} | {:.2} | {:.2} | {direct_rps:.0} | {:.2} |",
+            percentile(lat.clone(), 0.5),
+            percentile(lat, 0.99),
+            http_rps / direct_rps
+        ));
+    }
+    server.shutdown().await.unwrap();
+
+    if let Some(path) = std::env::var_os("WASMBENTO_BENCH_OUT") {
+        std::fs::write(path, report).unwrap();
+    }
+}
