@@ -129,20 +129,38 @@ async fn a_model_that_fails_to_load_keeps_the_deployment_unready() {
     let (_home, store) = temp_store();
     let model_dir = tempfile::tempdir().unwrap();
     tiny_bert::write(model_dir.path(), 1);
-    std::fs::write(model_dir.path().join("model.safetensors"), b"not safetensors").unwrap();
-    store.import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "broken").unwrap();
+    std::fs::write(
+        model_dir.path().join("model.safetensors"),
+        b"not safetensors",
+    )
+    .unwrap();
+    store
+        .import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "broken")
+        .unwrap();
     build_plugin(&store, "plugins/embedder").await.unwrap();
 
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
+        .await
+        .unwrap();
     let err = server.wait_ready().await.unwrap_err();
-    assert!(format!("{err:#}").contains("loading model all-minilm-l6-v2:"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("loading model all-minilm-l6-v2:"),
+        "{err:#}"
+    );
 
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let res = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_message(&res.json().await.unwrap()).contains("embedder"));
-    assert_eq!(http.get(format!("{base}/livez")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        http.get(format!("{base}/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 
     let (s, body) = encode(&http, &base, texts(&["hello"])).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");

@@ -116,7 +116,10 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let waiting: Vec<String> = app
         .deployments
         .values()
-        .filter_map(|d| d.not_ready_reason().map(|why| format!("{}: {why}", d.name())))
+        .filter_map(|d| {
+            d.not_ready_reason()
+                .map(|why| format!("{}: {why}", d.name()))
+        })
         .collect();
     if waiting.is_empty() {
         "ok\n".into_response()

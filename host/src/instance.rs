@@ -163,9 +163,7 @@ fn pool_config(max_instances: u32) -> PoolingAllocationConfig {
         .total_core_instances(n.saturating_mul(8))
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(4))
-        .total_stacks(n)
-        // Keep a little of each slot's memory resident: reused slots start warm.
-        .linear_memory_keep_resident(1 << 20);
+        .total_stacks(n);
     pool
 }
 

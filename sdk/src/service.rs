@@ -46,7 +46,11 @@ impl std::error::Error for Error {}
 type Handler = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, CallError>>;
 
 struct Entry {
-    info: ApiInfo,
+    name: String,
+    doc: String,
+    // Schemas are only generated for `describe`, never on the call path.
+    input_schema: fn() -> String,
+    output_schema: fn() -> String,
     handler: Handler,
 }
 
@@ -66,12 +70,6 @@ impl Apis {
         O: Serialize + JsonSchema,
         F: Fn(I) -> Result<O, Error> + 'static,
     {
-        let info = ApiInfo {
-            name: name.to_string(),
-            doc: doc.to_string(),
-            input_schema: schema_of::<I>(),
-            output_schema: schema_of::<O>(),
-        };
         let handler: Handler = Box::new(move |bytes: &[u8]| {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let input: I = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -89,7 +87,13 @@ impl Apis {
             })?;
             serde_json::to_vec(&output).map_err(|e| CallError::Internal(e.to_string()))
         });
-        self.entries.push(Entry { info, handler });
+        self.entries.push(Entry {
+            name: name.to_string(),
+            doc: doc.to_string(),
+            input_schema: schema_of::<I>,
+            output_schema: schema_of::<O>,
+            handler,
+        });
         self
     }
 }
@@ -111,13 +115,22 @@ fn collect<S: Service>() -> Apis {
 
 #[doc(hidden)]
 pub fn __describe<S: Service>() -> Vec<ApiInfo> {
-    collect::<S>().entries.into_iter().map(|e| e.info).collect()
+    collect::<S>()
+        .entries
+        .into_iter()
+        .map(|e| ApiInfo {
+            name: e.name,
+            doc: e.doc,
+            input_schema: (e.input_schema)(),
+            output_schema: (e.output_schema)(),
+        })
+        .collect()
 }
 
 #[doc(hidden)]
 pub fn __call<S: Service>(api: &str, input: &[u8]) -> Result<Vec<u8>, CallError> {
     let apis = collect::<S>();
-    match apis.entries.iter().find(|e| e.info.name == api) {
+    match apis.entries.iter().find(|e| e.name == api) {
         Some(entry) => (entry.handler)(input),
         None => Err(CallError::UnknownApi(api.to_string())),
     }
