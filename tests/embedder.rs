@@ -14,19 +14,14 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wasmbento_tests::{
-    build_plugin, cosine, embeddings, error_message, max_abs_diff, reference, serve_options,
-    temp_store, texts, tiny_bert,
+    build_plugin, cosine, embeddings, error_message, get_status, import_tiny_bert, max_abs_diff, reference,
+    serve_options, temp_store, texts, tiny_bert,
 };
 
 const MODEL: &str = "all-minilm-l6-v2";
 
 async fn encode(http: &reqwest::Client, base: &str, body: Value) -> (StatusCode, Value) {
-    let res = http
-        .post(format!("{base}/embedder/encode"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(format!("{base}/embedder/encode")).json(&body).send().await.unwrap();
     let status = res.status();
     (status, res.json().await.unwrap())
 }
@@ -46,16 +41,12 @@ fn ids_of(text: &str) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bert_matches_the_reference_forward_pass() {
     let (_home, store) = temp_store();
-    let model_dir = tempfile::tempdir().unwrap();
-    tiny_bert::write(model_dir.path(), 7);
-    store
-        .import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "tiny")
-        .unwrap();
+    import_tiny_bert(&store, MODEL, 7);
     build_plugin(&store, "plugins/embedder").await.unwrap();
 
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
-        .await
-        .unwrap();
+    // Two deployments of the same bento: one copy of the model between them.
+    let server =
+        wasmbento::server::start(&store, serve_options(&["embedder", "twin=embedder"])).await.unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -75,18 +66,10 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
     let weights = tiny_bert::weights(7);
     for (text, vector) in inputs.iter().zip(&got) {
         assert_eq!(vector.len(), tiny_bert::HIDDEN);
-        let want = reference::embed(
-            &weights,
-            &ids_of(text),
-            tiny_bert::HIDDEN,
-            tiny_bert::HEADS,
-            tiny_bert::LAYERS,
-        );
+        let want =
+            reference::embed(&weights, &ids_of(text), tiny_bert::HIDDEN, tiny_bert::HEADS, tiny_bert::LAYERS);
         let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
-        assert!(
-            cos > 0.99999 && diff < 1e-4,
-            "{text:?}: cosine {cos}, max diff {diff}"
-        );
+        assert!(cos > 0.99999 && diff < 1e-4, "{text:?}: cosine {cos}, max diff {diff}");
     }
 
     // Batching with padding changes nothing: each text alone gives the same vector.
@@ -96,13 +79,30 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
         assert!(max_abs_diff(alone, vector) < 1e-5, "{text:?}");
     }
 
+    // Many concurrent calls on both deployments: same answers, one runner.
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let (http, deployment) = (http.clone(), if i % 2 == 0 { "embedder" } else { "twin" });
+        let url = format!("{base}/{deployment}/encode");
+        let text = inputs[i % inputs.len()];
+        calls.push(tokio::spawn(async move {
+            let res = http.post(&url).json(&texts(&[text])).send().await.unwrap();
+            let status = res.status();
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{url}: {body}");
+            (i, embeddings(&body).remove(0))
+        }));
+    }
+    for call in calls {
+        let (i, vector) = call.await.unwrap();
+        assert!(max_abs_diff(&vector, &got[i % inputs.len()]) < 1e-5, "call {i}");
+    }
+    assert_eq!(server.runners.len(), 1, "the model was loaded more than once");
+
     // Bad input: clear 400s naming the field.
     for (body, needle) in [
         (json!({"texts": []}), "texts: must hold at least one text"),
-        (
-            json!({"texts": ["ok", 3]}),
-            "texts[1]: invalid type: integer `3`",
-        ),
+        (json!({"texts": ["ok", 3]}), "texts[1]: invalid type: integer `3`"),
         (json!({"text": ["a"]}), "unknown field `text`"),
         (json!({"texts": vec!["a"; 257]}), "at most 256 texts"),
     ] {
@@ -118,49 +118,26 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
 async fn build_fails_clearly_when_a_model_is_missing() {
     let (_home, store) = temp_store();
     let err = build_plugin(&store, "plugins/embedder").await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("all-minilm-l6-v2:latest is not in the store"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("all-minilm-l6-v2:latest is not in the store"), "{err:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_fails_to_load_keeps_the_deployment_unready() {
     let (_home, store) = temp_store();
-    let model_dir = tempfile::tempdir().unwrap();
-    tiny_bert::write(model_dir.path(), 1);
-    std::fs::write(
-        model_dir.path().join("model.safetensors"),
-        b"not safetensors",
-    )
-    .unwrap();
-    store
-        .import_model_dir(model_dir.path(), &MODEL.parse().unwrap(), "broken")
-        .unwrap();
+    let model = import_tiny_bert(&store, MODEL, 1);
+    std::fs::write(model.dir.join("model.safetensors"), b"not safetensors").unwrap();
     build_plugin(&store, "plugins/embedder").await.unwrap();
 
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
-        .await
-        .unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
     let err = server.wait_ready().await.unwrap_err();
-    assert!(
-        format!("{err:#}").contains("loading model all-minilm-l6-v2:"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("loading model all-minilm-l6-v2:"), "{err:#}");
 
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let res = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(error_message(&res.json().await.unwrap()).contains("embedder"));
-    assert_eq!(
-        http.get(format!("{base}/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&http, &format!("{base}/livez")).await, StatusCode::OK);
 
     let (s, body) = encode(&http, &base, texts(&["hello"])).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -187,19 +164,15 @@ fn minilm_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_matches_sentence_transformers() {
-    let fixture: Value = serde_json::from_str(include_str!("fixtures/minilm-reference.json"))
-        .expect("the fixture parses");
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/minilm-reference.json")).expect("the fixture parses");
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
 
     let (_home, store) = temp_store();
-    store
-        .import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test")
-        .unwrap();
+    store.import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test").unwrap();
     build_plugin(&store, "plugins/embedder").await.unwrap();
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
-        .await
-        .unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -209,19 +182,11 @@ async fn minilm_matches_sentence_transformers() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let got = embeddings(&body);
     for (case, vector) in cases.iter().zip(&got) {
-        let want: Vec<f32> = case["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want: Vec<f32> =
+            case["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(vector.len(), 384);
         let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
-        assert!(
-            cos >= 0.9999 && diff <= 1e-4,
-            "{:?}: cosine {cos}, max abs diff {diff}",
-            case["text"]
-        );
+        assert!(cos >= 0.9999 && diff <= 1e-4, "{:?}: cosine {cos}, max abs diff {diff}", case["text"]);
     }
     server.shutdown().await.unwrap();
 }

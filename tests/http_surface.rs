@@ -3,25 +3,15 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wasmbento_tests::{build_plugin, error_message, serve_options, temp_store};
+use wasmbento_tests::{build_plugin, error_message, get_status, serve_options, temp_store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_answers_and_bad_input_gets_clear_errors() {
     let (_home, store) = temp_store();
     let bento = build_plugin(&store, "plugins/hello").await.unwrap();
-    assert_eq!(
-        bento
-            .manifest
-            .apis
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect::<Vec<_>>(),
-        ["greet"]
-    );
+    assert_eq!(bento.manifest.apis.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["greet"]);
 
-    let server = wasmbento::server::start(&store, serve_options(&["hello"]))
-        .await
-        .unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -36,18 +26,10 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["x-request-id"], "test-123");
-    assert_eq!(
-        res.json::<Value>().await.unwrap(),
-        json!({"message": "Hello, Ada!"})
-    );
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"message": "Hello, Ada!"}));
 
     // A generated request id when none is sent.
-    let res = http
-        .post(format!("{base}/hello/greet"))
-        .json(&json!({"name": "Bo"}))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(format!("{base}/hello/greet")).json(&json!({"name": "Bo"})).send().await.unwrap();
     assert!(!res.headers()["x-request-id"].is_empty());
 
     let call = |path: &str, content_type: Option<&str>, body: Vec<u8>| {
@@ -71,10 +53,7 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
 
     let (s, m) = call("/hello/nope", json_ct, ok_body.clone()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(
-        m.contains("no API named \"nope\"") && m.contains("greet"),
-        "{m}"
-    );
+    assert!(m.contains("no API named \"nope\"") && m.contains("greet"), "{m}");
 
     let (s, m) = call("/hello/greet", None, ok_body.clone()).await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -109,40 +88,14 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
     assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
 
     // Nothing was lost: the service still answers.
-    let res = http
-        .post(format!("{base}/hello/greet"))
-        .json(&json!({"name": "again"}))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(format!("{base}/hello/greet")).json(&json!({"name": "again"})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
     // Probes, metrics and docs.
-    assert_eq!(
-        http.get(format!("{base}/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&http, &format!("{base}/livez")).await, StatusCode::OK);
+    assert_eq!(get_status(&http, &format!("{base}/readyz")).await, StatusCode::OK);
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     let ok_line = metrics
         .lines()
         .find(|l| {
@@ -153,29 +106,13 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
         .unwrap_or_else(|| panic!("no request counter in:\n{metrics}"));
     assert!(ok_line.ends_with(" 3"), "{ok_line}");
     assert!(metrics.contains("status=\"400\""), "{metrics}");
-    assert!(
-        metrics.contains("wasmbento_request_duration_seconds_bucket{"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("wasmbento_request_in_progress{"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("wasmbento_request_duration_seconds_bucket{"), "{metrics}");
+    assert!(metrics.contains("wasmbento_request_in_progress{"), "{metrics}");
 
-    let docs: Value = http
-        .get(format!("{base}/docs.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let docs: Value = http.get(format!("{base}/docs.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(docs["openapi"], "3.1.0");
     let op = &docs["paths"]["/hello/greet"]["post"];
-    assert_eq!(
-        op["requestBody"]["content"]["application/json"]["schema"]["required"],
-        json!(["name"])
-    );
+    assert_eq!(op["requestBody"]["content"]["application/json"]["schema"]["required"], json!(["name"]));
     assert_eq!(
         op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["message"]["type"],
         "string"
@@ -195,10 +132,7 @@ async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> St
     conn.write_all(head.as_bytes()).await.unwrap();
     for chunk in body.chunks(8 * 1024) {
         // The server may answer and close before reading everything.
-        if conn
-            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-            .await
-            .is_err()
+        if conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
             || conn.write_all(chunk).await.is_err()
             || conn.write_all(b"\r\n").await.is_err()
         {
@@ -208,9 +142,5 @@ async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> St
     let _ = conn.write_all(b"0\r\n\r\n").await;
     let mut response = Vec::new();
     let _ = conn.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    String::from_utf8_lossy(&response).lines().next().unwrap_or("").to_string()
 }

@@ -18,13 +18,9 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> (StatusCode, Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_guests_fail_alone() {
     let (_home, store) = temp_store();
-    let bento = build_plugin(&store, "tests/plugins/misbehave")
-        .await
-        .unwrap();
+    let bento = build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
     let timeout = Duration::from_secs_f64(bento.manifest.traffic.timeout);
-    let server = wasmbento::server::start(&store, serve_options(&["misbehave"]))
-        .await
-        .unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["misbehave"])).await.unwrap();
     server.wait_ready().await.unwrap();
     let base = format!("http://{}/misbehave", server.addr);
     let http = reqwest::Client::new();
@@ -39,14 +35,16 @@ async fn misbehaving_guests_fail_alone() {
         assert_eq!(healthy().await, json!({"calls": 1}));
     }
 
+    // The WASI sandbox grants nothing: no environment, no files.
+    let (s, body) = post(&http, &format!("{base}/sandbox"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, json!({"env_vars": 0, "read_root": false, "read_file": false, "write_file": false}));
+
     // A trap is a 500 naming it; the guest's panic message is included.
     let (s, body) = post(&http, &format!("{base}/trap"), json!({})).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     let m = error_message(&body);
-    assert!(
-        m.contains("trapped") && m.contains("deliberate trap"),
-        "{m}"
-    );
+    assert!(m.contains("trapped") && m.contains("deliberate trap"), "{m}");
     healthy().await;
 
     // An endless loop is interrupted at the deadline: 504, on time.
@@ -54,19 +52,12 @@ async fn misbehaving_guests_fail_alone() {
     let (s, body) = post(&http, &format!("{base}/spin"), json!({})).await;
     let took = started.elapsed();
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{body}");
-    assert!(
-        error_message(&body).contains("did not answer within"),
-        "{body}"
-    );
-    assert!(
-        took >= timeout && took < timeout + Duration::from_millis(500),
-        "took {took:?}"
-    );
+    assert!(error_message(&body).contains("did not answer within"), "{body}");
+    assert!(took >= timeout && took < timeout + Duration::from_millis(500), "took {took:?}");
     healthy().await;
 
     // Two loops at once do not starve other calls: the loops yield.
-    let spin =
-        |http: reqwest::Client, url: String| async move { post(&http, &url, json!({})).await.0 };
+    let spin = |http: reqwest::Client, url: String| async move { post(&http, &url, json!({})).await.0 };
     let a = tokio::spawn(spin(http.clone(), format!("{base}/spin")));
     let b = tokio::spawn(spin(http.clone(), format!("{base}/spin")));
     let started = Instant::now();
@@ -82,20 +73,14 @@ async fn misbehaving_guests_fail_alone() {
     // Memory past the limit: 500 naming the limit. Below it: fine.
     let (s, body) = post(&http, &format!("{base}/alloc"), json!({"mib": 200})).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        error_message(&body).contains("memory limit of 64 MiB"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("memory limit of 64 MiB"), "{body}");
     let (s, body) = post(&http, &format!("{base}/alloc"), json!({"mib": 8})).await;
     assert_eq!((s, body), (StatusCode::OK, json!({"ok": true})));
 
     // A service-reported failure is a 500 with its message.
     let (s, body) = post(&http, &format!("{base}/fail"), json!({})).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        error_message(&body).contains("deliberate failure"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("deliberate failure"), "{body}");
 
     assert_eq!(healthy().await, json!({"calls": 1}));
     server.shutdown().await.unwrap();
@@ -108,23 +93,14 @@ async fn second_start_loads_the_compiled_component_from_the_cache() {
     // `build` compiles and caches; start from an empty cache.
     std::fs::remove_dir_all(store.compiled_cache_dir()).unwrap();
 
-    let first = wasmbento::server::start(&store, serve_options(&["hello"]))
-        .await
-        .unwrap();
+    let first = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
     assert_eq!(first.state.deployments["hello"].loaded(), Loaded::Compiled);
     first.shutdown().await.unwrap();
-    let artifacts = std::fs::read_dir(store.compiled_cache_dir())
-        .unwrap()
-        .count();
+    let artifacts = std::fs::read_dir(store.compiled_cache_dir()).unwrap().count();
     assert_eq!(artifacts, 1);
 
-    let second = wasmbento::server::start(&store, serve_options(&["hello"]))
-        .await
-        .unwrap();
-    assert_eq!(
-        second.state.deployments["hello"].loaded(),
-        Loaded::FromCache
-    );
+    let second = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
+    assert_eq!(second.state.deployments["hello"].loaded(), Loaded::FromCache);
     second.wait_ready().await.unwrap();
     let res = reqwest::Client::new()
         .post(format!("http://{}/hello/greet", second.addr))

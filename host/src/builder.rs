@@ -22,25 +22,17 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// Builds the plugin in `dir` and stores the bento.
 pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<StoredBento> {
     let manifest_path = dir.join("bento.toml");
-    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-        format!(
-            "reading {} (every plugin needs one)",
-            manifest_path.display()
-        )
-    })?;
-    let source =
-        SourceManifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?;
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {} (every plugin needs one)", manifest_path.display()))?;
+    let source = SourceManifest::parse(&text).with_context(|| format!("in {}", manifest_path.display()))?;
 
     // Resolve models first: a missing model should fail before a long build.
     let mut models = std::collections::BTreeMap::new();
     for (alias, tag) in &source.models {
         let tag: Tag = tag.parse()?;
-        let model = store.model(&tag).with_context(|| {
-            format!(
-                "{} declares models.{alias} = {tag:?}",
-                manifest_path.display()
-            )
-        })?;
+        let model = store
+            .model(&tag)
+            .with_context(|| format!("{} declares models.{alias} = {tag:?}", manifest_path.display()))?;
         models.insert(alias.clone(), model.tag().to_string());
     }
 
@@ -57,19 +49,13 @@ pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<Store
         let (runtime, wasm, digest) = (runtime.clone(), wasm.clone(), digest.clone());
         tokio::task::spawn_blocking(move || runtime.load(&wasm, &digest)).await??
     };
-    let apis = component
-        .describe()
-        .await
-        .context("asking the component for its APIs")?;
+    let apis = component.describe().await.context("asking the component for its APIs")?;
     if apis.is_empty() {
         bail!("the component describes no APIs");
     }
     for api in &apis {
         if api.name.is_empty()
-            || !api
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            || !api.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
             bail!(
                 "API name {:?} is not a valid route segment (lowercase letters, digits, '-', '_')",
@@ -83,10 +69,7 @@ pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<Store
         version: source.version,
         description: source.description,
         created: rfc3339(SystemTime::now()),
-        component: ComponentInfo {
-            digest,
-            size: bytes.len() as u64,
-        },
+        component: ComponentInfo { digest, size: bytes.len() as u64 },
         models,
         traffic: source.traffic,
         scaling: source.scaling,
@@ -99,13 +82,7 @@ pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<Store
 fn cargo_build(dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--release", "--target", TARGET, "--message-format=json-render-diagnostics"])
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
         .stdout(Stdio::piped())
@@ -122,9 +99,7 @@ fn cargo_build(dir: &Path) -> Result<PathBuf> {
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        let is_cdylib = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        let is_cdylib = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib"));
         if !is_cdylib {
             continue;
         }
@@ -138,9 +113,7 @@ fn cargo_build(dir: &Path) -> Result<PathBuf> {
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!(
-            "cargo build failed ({status}); if the target is missing, run `rustup target add {TARGET}`"
-        );
+        bail!("cargo build failed ({status}); if the target is missing, run `rustup target add {TARGET}`");
     }
     wasm.ok_or_else(|| anyhow!("cargo built no .wasm (is the plugin a cdylib crate?)"))
 }

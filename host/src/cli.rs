@@ -97,21 +97,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => Store::from_env()?,
     };
     match cli.command {
-        Command::Models(ModelsCommand::Import { source, name }) => {
-            import_model(&store, &source, &name).await
-        }
+        Command::Models(ModelsCommand::Import { source, name }) => import_model(&store, &source, &name).await,
         Command::Models(ModelsCommand::List { json }) => list_models(&store, json),
         Command::Build { dir } => {
             let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir())?;
             let bento = crate::builder::build(&store, &runtime, &dir).await?;
             let m = &bento.manifest;
             let apis: Vec<&str> = m.apis.iter().map(|a| a.name.as_str()).collect();
-            println!(
-                "built bento {} ({} bytes, APIs: {})",
-                m.tag(),
-                m.component.size,
-                apis.join(", ")
-            );
+            println!("built bento {} ({} bytes, APIs: {})", m.tag(), m.component.size, apis.join(", "));
             Ok(())
         }
         Command::List { json } => list_bentos(&store, json),
@@ -121,35 +114,17 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn import_model(store: &Store, source: &str, tag: &Tag) -> Result<()> {
     let model = match HubRef::parse(source) {
-        Some(hub_ref) => {
-            let hub_ref = hub_ref?;
-            let scratch = store.scratch_dir()?;
-            crate::hub::download(&hub_ref, scratch.path()).await?;
-            let (store, tag, source, dir) = (
-                store.clone(),
-                tag.clone(),
-                source.to_string(),
-                scratch.path().to_path_buf(),
-            );
-            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &source))
-                .await??
-        }
+        Some(hub_ref) => crate::hub::import(store, &hub_ref?, source, tag).await?,
         None => {
-            let dir = std::fs::canonicalize(source)
-                .with_context(|| format!("{source}: no such directory"))?;
+            let dir =
+                std::fs::canonicalize(source).with_context(|| format!("{source}: no such directory"))?;
             let (store, tag) = (store.clone(), tag.clone());
             let label = dir.display().to_string();
-            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &label))
-                .await??
+            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &label)).await??
         }
     };
     let size: u64 = model.info.files.iter().map(|f| f.size).sum();
-    println!(
-        "imported model {} ({} files, {} bytes)",
-        model.tag(),
-        model.info.files.len(),
-        size
-    );
+    println!("imported model {} ({} files, {} bytes)", model.tag(), model.info.files.len(), size);
     Ok(())
 }
 
@@ -163,13 +138,7 @@ fn list_models(store: &Store, json: bool) -> Result<()> {
     println!("{:<40} {:>12}  {:<24}  SOURCE", "TAG", "SIZE", "CREATED");
     for m in models {
         let size: u64 = m.info.files.iter().map(|f| f.size).sum();
-        println!(
-            "{:<40} {:>12}  {:<24}  {}",
-            m.tag().to_string(),
-            size,
-            m.info.created,
-            m.info.source
-        );
+        println!("{:<40} {:>12}  {:<24}  {}", m.tag().to_string(), size, m.info.created, m.info.source);
     }
     Ok(())
 }
@@ -181,10 +150,7 @@ fn list_bentos(store: &Store, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
         return Ok(());
     }
-    println!(
-        "{:<32} {:>10}  {:<24}  {:<24}  MODELS",
-        "TAG", "SIZE", "CREATED", "APIS"
-    );
+    println!("{:<32} {:>10}  {:<24}  {:<24}  MODELS", "TAG", "SIZE", "CREATED", "APIS");
     for b in bentos {
         let m = &b.manifest;
         let apis: Vec<&str> = m.apis.iter().map(|a| a.name.as_str()).collect();
@@ -215,10 +181,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         deployments,
         addr: SocketAddr::new(args.host, args.port),
         max_request_bytes: args.max_request_bytes,
-        runtime: RuntimeOptions {
-            pooling: !args.no_pooling,
-            max_instances: args.max_instances,
-        },
+        runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
     };
     let server = server::start(store, options).await?;
     let addr = server.addr;

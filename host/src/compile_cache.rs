@@ -54,19 +54,10 @@ impl CompileCache {
         let started = std::time::Instant::now();
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let actual = crate::store::digest_of(&bytes);
-        anyhow::ensure!(
-            actual == digest,
-            "{} has digest {actual}, expected {digest}",
-            path.display()
-        );
-        let component = Component::new(engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .context("compiling the component")?;
-        tracing::info!(
-            digest,
-            took_ms = started.elapsed().as_millis() as u64,
-            "component compiled"
-        );
+        anyhow::ensure!(actual == digest, "{} has digest {actual}, expected {digest}", path.display());
+        let component =
+            Component::new(engine, &bytes).map_err(anyhow::Error::from).context("compiling the component")?;
+        tracing::info!(digest, took_ms = started.elapsed().as_millis() as u64, "component compiled");
         std::fs::create_dir_all(&self.dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         std::fs::write(tmp.path(), component.serialize()?)?;

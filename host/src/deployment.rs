@@ -40,10 +40,7 @@ impl std::str::FromStr for DeploymentSpec {
             }
             None => (None, s),
         };
-        Ok(DeploymentSpec {
-            bento: bento.parse()?,
-            name,
-        })
+        Ok(DeploymentSpec { bento: bento.parse()?, name })
     }
 }
 
@@ -79,12 +76,9 @@ impl Deployment {
         let name = spec.name.clone().unwrap_or_else(|| bento.name.clone());
         let mut models = Vec::new();
         for (alias, tag) in &bento.models {
-            let tag: Tag = tag
-                .parse()
-                .with_context(|| format!("bento {}: models.{alias}", bento.tag()))?;
-            let model = store
-                .model(&tag)
-                .with_context(|| format!("bento {} needs model {tag}", bento.tag()))?;
+            let tag: Tag = tag.parse().with_context(|| format!("bento {}: models.{alias}", bento.tag()))?;
+            let model =
+                store.model(&tag).with_context(|| format!("bento {} needs model {tag}", bento.tag()))?;
             models.push((alias.clone(), model));
         }
         let (component, loaded) = runtime
@@ -92,9 +86,7 @@ impl Deployment {
             .with_context(|| format!("loading the component of bento {}", bento.tag()))?;
         tracing::info!(deployment = %name, bento = %bento.tag(), ?loaded, "deployment prepared");
         let traffic = bento.traffic.clone();
-        let concurrency = traffic
-            .max_concurrency
-            .map(|n| Arc::new(Semaphore::new(n as usize)));
+        let concurrency = traffic.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize)));
         let deployment = Deployment {
             name,
             bento,
@@ -109,11 +101,7 @@ impl Deployment {
 
     /// Loads (or reuses) the runners of the bento's models; the deployment is
     /// ready afterwards.
-    pub async fn load_models(
-        &self,
-        runners: &Runners,
-        models: Vec<(String, StoredModel)>,
-    ) -> Result<()> {
+    pub async fn load_models(&self, runners: &Runners, models: Vec<(String, StoredModel)>) -> Result<()> {
         let mut set = BTreeMap::new();
         for (alias, model) in models {
             match runners.get_or_load(&model).await {
@@ -125,8 +113,7 @@ impl Deployment {
                 }
             };
         }
-        self.readiness
-            .send_replace(Readiness::Ready(Arc::new(ModelSet::new(set))));
+        self.readiness.send_replace(Readiness::Ready(Arc::new(ModelSet::new(set))));
         tracing::info!(deployment = %self.name, "deployment ready");
         Ok(())
     }
@@ -134,10 +121,7 @@ impl Deployment {
     /// Waits until the models are loaded or failed to load.
     pub async fn wait_ready(&self) -> Result<()> {
         let mut rx = self.readiness.subscribe();
-        let state = rx
-            .wait_for(|r| !matches!(r, Readiness::Loading))
-            .await?
-            .clone();
+        let state = rx.wait_for(|r| !matches!(r, Readiness::Loading)).await?.clone();
         match state {
             Readiness::Failed(message) => anyhow::bail!("deployment {}: {message}", self.name),
             _ => Ok(()),
@@ -197,14 +181,8 @@ impl Deployment {
             ),
             None => None,
         };
-        let options = CallOptions {
-            deadline,
-            memory_limit: (self.traffic.memory_limit_mib as usize) << 20,
-        };
-        self.component
-            .call(models, api, input, &options)
-            .await
-            .map_err(DeploymentError::Call)
+        let options = CallOptions { deadline, memory_limit: (self.traffic.memory_limit_mib as usize) << 20 };
+        self.component.call(models, api, input, &options).await.map_err(DeploymentError::Call)
     }
 }
 

@@ -40,17 +40,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        deployments: BTreeMap<String, Arc<Deployment>>,
-        max_request_bytes: usize,
-    ) -> AppState {
+    pub fn new(deployments: BTreeMap<String, Arc<Deployment>>, max_request_bytes: usize) -> AppState {
         let openapi = crate::openapi::document(deployments.values().map(|d| d.as_ref()));
-        AppState {
-            deployments,
-            metrics: Metrics::default(),
-            max_request_bytes,
-            openapi,
-        }
+        AppState { deployments, metrics: Metrics::default(), max_request_bytes, openapi }
     }
 }
 
@@ -63,10 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs.json", get(docs))
         .route("/{deployment}/{api}", post(call_api))
         .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such route; APIs are served as POST /{deployment}/{api}",
-            )
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; APIs are served as POST /{deployment}/{api}")
         })
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -81,10 +70,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
 }
 
@@ -116,10 +102,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let waiting: Vec<String> = app
         .deployments
         .values()
-        .filter_map(|d| {
-            d.not_ready_reason()
-                .map(|why| format!("{}: {why}", d.name()))
-        })
+        .filter_map(|d| d.not_ready_reason().map(|why| format!("{}: {why}", d.name())))
         .collect();
     if waiting.is_empty() {
         "ok\n".into_response()
@@ -131,10 +114,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         app.metrics.encode(),
     )
         .into_response()
@@ -154,27 +134,18 @@ async fn call_api(
         let known: Vec<&str> = app.deployments.keys().map(String::as_str).collect();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!(
-                "no deployment named {deployment:?} (deployments: {})",
-                known.join(", ")
-            ),
+            format!("no deployment named {deployment:?} (deployments: {})", known.join(", ")),
         ));
     };
     if d.api(&api).is_none() {
         let known: Vec<&str> = d.bento().apis.iter().map(|a| a.name.as_str()).collect();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!(
-                "deployment {deployment:?} has no API named {api:?} (APIs: {})",
-                known.join(", ")
-            ),
+            format!("deployment {deployment:?} has no API named {api:?} (APIs: {})", known.join(", ")),
         ));
     }
 
-    let labels = ApiLabels {
-        deployment: deployment.clone(),
-        api: api.clone(),
-    };
+    let labels = ApiLabels { deployment: deployment.clone(), api: api.clone() };
     let gauge = app.metrics.in_progress.get_or_create(&labels).clone();
     gauge.inc();
     let started = Instant::now();
@@ -185,16 +156,9 @@ async fn call_api(
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
     };
-    let request_labels = RequestLabels {
-        deployment,
-        api,
-        status: status.as_u16(),
-    };
+    let request_labels = RequestLabels { deployment, api, status: status.as_u16() };
     app.metrics.requests.get_or_create(&request_labels).inc();
-    app.metrics
-        .duration
-        .get_or_create(&request_labels)
-        .observe(started.elapsed().as_secs_f64());
+    app.metrics.duration.get_or_create(&request_labels).observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         if e.status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %e.message, "call failed");
@@ -227,14 +191,10 @@ async fn handle_call(
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
             too_large()
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
         }
     })?;
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
@@ -258,15 +218,8 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Err(unsupported("the request has no Content-Type".into()));
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
         Ok(())
     } else {
         Err(unsupported(format!("Content-Type {text:?} is not JSON")))
@@ -284,13 +237,10 @@ async fn request_id(request: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| {
-            format!(
-                "{:08x}-{:08x}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            )
+            format!("{:08x}-{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
         });
-    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

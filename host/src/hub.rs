@@ -9,15 +9,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use crate::store::{Store, StoredModel};
+use crate::tag::Tag;
+
 /// Files worth importing.
-const WANTED: &[&str] = &[
-    "*.json",
-    "*/config.json",
-    "*.safetensors",
-    "vocab.txt",
-    "merges.txt",
-    "*.model",
-];
+const WANTED: &[&str] = &["*.json", "*/config.json", "*.safetensors", "vocab.txt", "merges.txt", "*.model"];
 
 /// A parsed `hf://owner/name[@revision]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,16 +36,23 @@ impl HubRef {
                 if revision.as_deref() == Some("") {
                     Err(anyhow::anyhow!("{s}: empty revision after '@'"))
                 } else {
-                    Ok(HubRef {
-                        owner: owner.into(),
-                        name: name.into(),
-                        revision,
-                    })
+                    Ok(HubRef { owner: owner.into(), name: name.into(), revision })
                 }
             }
             _ => Err(anyhow::anyhow!("{s}: expected hf://owner/name[@revision]")),
         })
     }
+}
+
+/// Downloads a model from the hub and imports it into the store as `tag`.
+/// The download goes to a scratch directory inside the store, so an
+/// interrupted import leaves nothing behind.
+pub async fn import(store: &Store, hub_ref: &HubRef, source: &str, tag: &Tag) -> Result<StoredModel> {
+    let scratch = store.scratch_dir()?;
+    download(hub_ref, scratch.path()).await?;
+    let (store, tag, source, dir) =
+        (store.clone(), tag.clone(), source.to_string(), scratch.path().to_path_buf());
+    tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &source)).await?
 }
 
 /// Downloads the model's files into `dest`.
@@ -62,12 +65,10 @@ pub async fn download(hub_ref: &HubRef, dest: &Path) -> Result<()> {
         .maybe_revision(hub_ref.revision.clone())
         .allow_patterns(WANTED.iter().map(|s| s.to_string()).collect())
         .local_dir(dest.to_path_buf());
-    request.send().await.with_context(|| {
-        format!(
-            "downloading {}/{} from {endpoint}",
-            hub_ref.owner, hub_ref.name
-        )
-    })?;
+    request
+        .send()
+        .await
+        .with_context(|| format!("downloading {}/{} from {endpoint}", hub_ref.owner, hub_ref.name))?;
     if !dest.join("config.json").is_file() {
         bail!("{}/{} has no config.json", hub_ref.owner, hub_ref.name);
     }
@@ -82,9 +83,7 @@ mod tests {
 
     #[test]
     fn parses_hub_references() {
-        let r = HubRef::parse("hf://sentence-transformers/all-MiniLM-L6-v2@main")
-            .unwrap()
-            .unwrap();
+        let r = HubRef::parse("hf://sentence-transformers/all-MiniLM-L6-v2@main").unwrap().unwrap();
         assert_eq!(r.owner, "sentence-transformers");
         assert_eq!(r.name, "all-MiniLM-L6-v2");
         assert_eq!(r.revision.as_deref(), Some("main"));

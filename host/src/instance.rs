@@ -33,8 +33,8 @@ use anyhow::{Context, Result};
 use tokio::io::AsyncWrite;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -62,10 +62,7 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions {
-            pooling: true,
-            max_instances: 1000,
-        }
+        RuntimeOptions { pooling: true, max_instances: 1000 }
     }
 }
 
@@ -82,16 +79,12 @@ impl Runtime {
     /// Creates the engine; `cache_dir` holds precompiled components.
     pub fn new(options: &RuntimeOptions, cache_dir: &Path) -> Result<Runtime> {
         let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .memory_init_cow(true);
+        config.wasm_component_model(true).epoch_interruption(true).memory_init_cow(true);
 
         let (engine, pooling) = if options.pooling {
             let mut pooled = config.clone();
-            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
-                options.max_instances,
-            )));
+            pooled
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(options.max_instances)));
             match Engine::new(&pooled) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
@@ -116,12 +109,7 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
         let cache = CompileCache::new(cache_dir.to_path_buf(), engine_key);
-        Ok(Runtime {
-            engine,
-            linker: Arc::new(linker),
-            cache,
-            pooling,
-        })
+        Ok(Runtime { engine, linker: Arc::new(linker), cache, pooling })
     }
 
     /// Whether instances come from the pooling allocator.
@@ -145,13 +133,7 @@ impl Runtime {
         let pre = ServicePre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export wasmbento:service/api")?;
-        Ok((
-            ServiceComponent {
-                engine: self.engine.clone(),
-                pre,
-            },
-            loaded,
-        ))
+        Ok((ServiceComponent { engine: self.engine.clone(), pre }, loaded))
     }
 }
 
@@ -238,10 +220,7 @@ impl ServiceComponent {
         let pre = &self.pre;
         let run = async {
             let service = pre.instantiate_async(&mut store).await?;
-            service
-                .wasmbento_service_api()
-                .call_call(&mut store, api, input)
-                .await
+            service.wasmbento_service_api().call_call(&mut store, api, input).await
         };
         let outcome = tokio::time::timeout_at(options.deadline.into(), run).await;
         let guest_output = output.text();
@@ -260,16 +239,11 @@ impl ServiceComponent {
 
     /// Asks the component for its APIs (used by `wasmbento build`).
     pub async fn describe(&self) -> Result<Vec<ApiSpec>> {
-        let options = CallOptions {
-            deadline: Instant::now() + Duration::from_secs(10),
-            memory_limit: 256 << 20,
-        };
+        let options =
+            CallOptions { deadline: Instant::now() + Duration::from_secs(10), memory_limit: 256 << 20 };
         let (mut store, _) = self.new_store(Arc::new(ModelSet::default()), &options);
         let service = self.pre.instantiate_async(&mut store).await?;
-        let apis = service
-            .wasmbento_service_api()
-            .call_describe(&mut store)
-            .await?;
+        let apis = service.wasmbento_service_api().call_describe(&mut store).await?;
         Ok(apis
             .into_iter()
             .map(|a| ApiSpec {
@@ -281,23 +255,13 @@ impl ServiceComponent {
             .collect())
     }
 
-    fn new_store(
-        &self,
-        models: Arc<ModelSet>,
-        options: &CallOptions,
-    ) -> (Store<HostState>, GuestOutput) {
+    fn new_store(&self, models: Arc<ModelSet>, options: &CallOptions) -> (Store<HostState>, GuestOutput) {
         let output = GuestOutput::default();
-        let wasi = WasiCtxBuilder::new()
-            .stdout(output.clone())
-            .stderr(output.clone())
-            .build();
+        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output.clone()).build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: options.memory_limit,
-                hit: false,
-            },
+            limiter: MemoryLimiter { limit: options.memory_limit, hit: false },
             models,
         };
         let mut store = Store::new(&self.engine, state);
@@ -316,16 +280,9 @@ impl ServiceComponent {
     }
 }
 
-fn classify(
-    error: wasmtime::Error,
-    state: &HostState,
-    started: Instant,
-    guest_output: &str,
-) -> CallFailure {
+fn classify(error: wasmtime::Error, state: &HostState, started: Instant, guest_output: &str) -> CallFailure {
     if state.limiter.hit {
-        return CallFailure::MemoryLimit {
-            limit_mib: (state.limiter.limit >> 20) as u64,
-        };
+        return CallFailure::MemoryLimit { limit_mib: (state.limiter.limit >> 20) as u64 };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallFailure::Timeout(started.elapsed()),
@@ -359,10 +316,7 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -409,11 +363,7 @@ impl GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let mut kept = self.0.lock().unwrap();
         let room = GUEST_OUTPUT_CAP.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..buf.len().min(room)]);

@@ -85,11 +85,7 @@ pub struct Traffic {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic {
-            timeout: 60.0,
-            max_concurrency: None,
-            memory_limit_mib: 256,
-        }
+        Traffic { timeout: 60.0, max_concurrency: None, memory_limit_mib: 256 }
     }
 }
 
@@ -103,10 +99,7 @@ pub struct Scaling {
 
 impl Default for Scaling {
     fn default() -> Self {
-        Scaling {
-            min_replicas: 1,
-            max_replicas: 1,
-        }
+        Scaling { min_replicas: 1, max_replicas: 1 }
     }
 }
 
@@ -153,8 +146,7 @@ impl SourceManifest {
         manifest.traffic.validate().map_err(anyhow::Error::msg)?;
         manifest.scaling.validate().map_err(anyhow::Error::msg)?;
         for (alias, tag) in &manifest.models {
-            tag.parse::<crate::tag::Tag>()
-                .map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
+            tag.parse::<crate::tag::Tag>().map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
         }
         Ok(manifest)
     }
@@ -173,10 +165,7 @@ impl BentoManifest {
 
     /// The bento's tag.
     pub fn tag(&self) -> crate::tag::Tag {
-        crate::tag::Tag {
-            name: self.name.clone(),
-            version: self.version.clone(),
-        }
+        crate::tag::Tag { name: self.name.clone(), version: self.version.clone() }
     }
 }
 
@@ -193,8 +182,8 @@ mod tests {
         let err = SourceManifest::parse("name = \"Hello\"\nversion = \"1\"\n").unwrap_err();
         assert!(err.to_string().contains("invalid tag"), "{err}");
 
-        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[traffic]\ntimeout = 0\n")
-            .unwrap_err();
+        let err =
+            SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[traffic]\ntimeout = 0\n").unwrap_err();
         assert!(err.to_string().contains("traffic.timeout"), "{err}");
 
         let err = SourceManifest::parse(
@@ -214,10 +203,7 @@ mod tests {
             version: "0.1.0".into(),
             description: String::new(),
             created: "2026-01-01T00:00:00Z".into(),
-            component: ComponentInfo {
-                digest: "sha256:00".into(),
-                size: 3,
-            },
+            component: ComponentInfo { digest: "sha256:00".into(), size: 3 },
             models: BTreeMap::from([("m".to_string(), "m:abc".to_string())]),
             traffic: Traffic::default(),
             scaling: Scaling::default(),

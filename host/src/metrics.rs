@@ -14,9 +14,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// BentoML's default duration buckets, in seconds.
-const DURATION_BUCKETS: [f64; 15] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0,
-];
+const DURATION_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -48,22 +47,9 @@ impl Default for Metrics {
         });
         let in_progress = Family::<ApiLabels, Gauge>::default();
         registry.register("request", "Requests answered", requests.clone());
-        registry.register(
-            "request_duration_seconds",
-            "Time to answer a request",
-            duration.clone(),
-        );
-        registry.register(
-            "request_in_progress",
-            "Requests being handled",
-            in_progress.clone(),
-        );
-        Metrics {
-            registry: Mutex::new(registry),
-            requests,
-            duration,
-            in_progress,
-        }
+        registry.register("request_duration_seconds", "Time to answer a request", duration.clone());
+        registry.register("request_in_progress", "Requests being handled", in_progress.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, in_progress }
     }
 }
 

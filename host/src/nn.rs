@@ -63,10 +63,7 @@ type Fallible<T> = wasmtime::Result<Result<T, Resource<Error>>>;
 
 impl HostState {
     fn nn_error<T>(&mut self, code: errors::ErrorCode, message: impl Into<String>) -> Fallible<T> {
-        Ok(Err(self.table.push(Error {
-            code,
-            message: message.into(),
-        })?))
+        Ok(Err(self.table.push(Error { code, message: message.into() })?))
     }
 }
 
@@ -102,22 +99,13 @@ impl tensor::HostTensor for HostState {
         ty: tensor::TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
-        let tensor = Tensor {
-            dims: dimensions.iter().map(|&d| d as usize).collect(),
-            ty: to_element(ty),
-            data,
-        };
+        let tensor =
+            Tensor { dims: dimensions.iter().map(|&d| d as usize).collect(), ty: to_element(ty), data };
         Ok(self.table.push(tensor)?)
     }
 
     async fn dimensions(&mut self, this: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(self
-            .table
-            .get(&this)?
-            .dims
-            .iter()
-            .map(|&d| d as u32)
-            .collect())
+        Ok(self.table.get(&this)?.dims.iter().map(|&d| d as u32).collect())
     }
 
     async fn ty(&mut self, this: Resource<Tensor>) -> wasmtime::Result<tensor::TensorType> {
@@ -172,9 +160,8 @@ impl graph::Host for HostState {
             }
             None => {
                 let declared: Vec<&str> = self.models.names().collect();
-                let message = format!(
-                    "model {name:?} is not declared by this bento (declared: {declared:?})"
-                );
+                let message =
+                    format!("model {name:?} is not declared by this bento (declared: {declared:?})");
                 self.nn_error(errors::ErrorCode::NotFound, message)
             }
         }
@@ -221,9 +208,7 @@ impl inference::HostGraphExecutionContext for HostState {
                 }
                 Ok(Ok(handles))
             }
-            Err(RunnerError::InvalidInput(m)) => {
-                self.nn_error(errors::ErrorCode::InvalidArgument, m)
-            }
+            Err(RunnerError::InvalidInput(m)) => self.nn_error(errors::ErrorCode::InvalidArgument, m),
             Err(RunnerError::Runtime(m)) => self.nn_error(errors::ErrorCode::RuntimeError, m),
         }
     }
@@ -241,9 +226,7 @@ impl tokenizer::Host for HostState {
         texts: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Resource<Tensor>)>, String>> {
         let Some(runner) = self.models.get(&model) else {
-            return Ok(Err(format!(
-                "model {model:?} is not declared by this bento"
-            )));
+            return Ok(Err(format!("model {model:?} is not declared by this bento")));
         };
         let Some(tokenizer) = runner.tokenizer() else {
             return Ok(Err(format!("model {model:?} has no tokenizer.json")));

@@ -32,6 +32,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     pub runtime: Runtime,
+    /// The loaded models, shared by every deployment.
+    pub runners: Arc<Runners>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -51,17 +53,10 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     for spec in &options.deployments {
         let (store, runtime, spec2) = (store.clone(), runtime.clone(), spec.clone());
         let (deployment, models) =
-            tokio::task::spawn_blocking(move || Deployment::prepare(&store, &runtime, &spec2))
-                .await??;
+            tokio::task::spawn_blocking(move || Deployment::prepare(&store, &runtime, &spec2)).await??;
         let deployment = Arc::new(deployment);
-        if deployments
-            .insert(deployment.name().to_string(), Arc::clone(&deployment))
-            .is_some()
-        {
-            bail!(
-                "two deployments are named {:?}; give one another name with name=bento",
-                deployment.name()
-            );
+        if deployments.insert(deployment.name().to_string(), Arc::clone(&deployment)).is_some() {
+            bail!("two deployments are named {:?}; give one another name with name=bento", deployment.name());
         }
         pending.push((deployment, models));
     }
@@ -75,9 +70,8 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     }
 
     let state = Arc::new(AppState::new(deployments, options.max_request_bytes));
-    let listener = TcpListener::bind(options.addr)
-        .await
-        .with_context(|| format!("binding {}", options.addr))?;
+    let listener =
+        TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(Arc::clone(&state));
@@ -88,13 +82,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             })
             .await
     });
-    Ok(RunningServer {
-        addr,
-        state,
-        runtime,
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningServer { addr, state, runtime, runners, shutdown: Some(tx), task })
 }
 
 impl RunningServer {

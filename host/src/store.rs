@@ -68,10 +68,7 @@ pub struct StoredModel {
 
 impl StoredModel {
     pub fn tag(&self) -> Tag {
-        Tag {
-            name: self.info.name.clone(),
-            version: self.info.version.clone(),
-        }
+        Tag { name: self.info.name.clone(), version: self.info.version.clone() }
     }
 }
 
@@ -116,9 +113,7 @@ impl Store {
     /// A fresh scratch directory under `tmp/`, on the same file system as the
     /// store so that finished entries can be renamed into place.
     pub fn scratch_dir(&self) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new()
-            .prefix("wip-")
-            .tempdir_in(self.root.join("tmp"))?)
+        Ok(tempfile::Builder::new().prefix("wip-").tempdir_in(self.root.join("tmp"))?)
     }
 
     // ---- models ----
@@ -137,11 +132,7 @@ impl Store {
             bail!("{} holds no files", src.display());
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        let version = if tag.is_latest() {
-            content_version(&files)
-        } else {
-            tag.version.clone()
-        };
+        let version = if tag.is_latest() { content_version(&files) } else { tag.version.clone() };
         let info = ModelInfo {
             name: tag.name.clone(),
             version,
@@ -149,18 +140,11 @@ impl Store {
             created: rfc3339(SystemTime::now()),
             files,
         };
-        let dest = self
-            .root
-            .join("models")
-            .join(&info.name)
-            .join(&info.version);
+        let dest = self.root.join("models").join(&info.name).join(&info.version);
         if dest.exists() {
             let existing = self.read_model_info(&dest)?;
             if same_files(&existing.files, &info.files) {
-                return Ok(StoredModel {
-                    info: existing,
-                    dir: dest,
-                });
+                return Ok(StoredModel { info: existing, dir: dest });
             }
             bail!(
                 "model {}:{} already exists with different files; pick another version",
@@ -168,10 +152,7 @@ impl Store {
                 info.version
             );
         }
-        fs::write(
-            scratch.path().join(MODEL_INFO),
-            serde_json::to_vec_pretty(&info)?,
-        )?;
+        fs::write(scratch.path().join(MODEL_INFO), serde_json::to_vec_pretty(&info)?)?;
         publish(scratch, &dest)?;
         Ok(StoredModel { info, dir: dest })
     }
@@ -187,20 +168,14 @@ impl Store {
         let dir = dir.ok_or_else(|| {
             anyhow!("model {tag} is not in the store; add it with `wasmbento models import`")
         })?;
-        Ok(StoredModel {
-            info: self.read_model_info(&dir)?,
-            dir,
-        })
+        Ok(StoredModel { info: self.read_model_info(&dir)?, dir })
     }
 
     /// Every stored model, sorted by name then version.
     pub fn models(&self) -> Result<Vec<StoredModel>> {
         let mut out = Vec::new();
         for dir in entries(&self.root.join("models"), 2)? {
-            out.push(StoredModel {
-                info: self.read_model_info(&dir)?,
-                dir,
-            });
+            out.push(StoredModel { info: self.read_model_info(&dir)?, dir });
         }
         Ok(out)
     }
@@ -219,11 +194,7 @@ impl Store {
         fs::copy(component, scratch.path().join(BENTO_COMPONENT))
             .with_context(|| format!("copying {}", component.display()))?;
         fs::write(scratch.path().join(BENTO_MANIFEST), manifest.to_toml())?;
-        let dest = self
-            .root
-            .join("bentos")
-            .join(&manifest.name)
-            .join(&manifest.version);
+        let dest = self.root.join("bentos").join(&manifest.name).join(&manifest.version);
         if dest.exists() {
             // Move the old one aside first so the swap is a pair of renames.
             let old = self.scratch_dir()?;
@@ -249,22 +220,14 @@ impl Store {
 
     /// Every stored bento, sorted by name then version.
     pub fn bentos(&self) -> Result<Vec<StoredBento>> {
-        entries(&self.root.join("bentos"), 2)?
-            .iter()
-            .map(|d| self.read_bento(d))
-            .collect()
+        entries(&self.root.join("bentos"), 2)?.iter().map(|d| self.read_bento(d)).collect()
     }
 
     fn read_bento(&self, dir: &Path) -> Result<StoredBento> {
         let path = dir.join(BENTO_MANIFEST);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest =
-            BentoManifest::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Ok(StoredBento {
-            manifest,
-            component_path: dir.join(BENTO_COMPONENT),
-        })
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let manifest = BentoManifest::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(StoredBento { manifest, component_path: dir.join(BENTO_COMPONENT) })
     }
 }
 
@@ -324,15 +287,8 @@ fn copy_tree(base: &Path, dir: &Path, dest: &Path, files: &mut Vec<FileInfo>) ->
             copy_tree(base, &path, dest, files)?;
         } else if meta.is_file() {
             let (size, digest) = copy_hashed(&path, &dest.join(rel))?;
-            let rel = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>();
-            files.push(FileInfo {
-                path: rel.join("/"),
-                size,
-                digest,
-            });
+            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>();
+            files.push(FileInfo { path: rel.join("/"), size, digest });
         }
     }
     Ok(())
@@ -375,10 +331,7 @@ fn content_version(files: &[FileInfo]) -> String {
 }
 
 fn same_files(a: &[FileInfo], b: &[FileInfo]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.path == y.path && x.digest == y.digest)
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path && x.digest == y.digest)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), sortable as text.
@@ -438,17 +391,12 @@ mod tests {
 
         // Different files: a new version that `latest` now finds.
         std::thread::sleep(Duration::from_millis(2)); // distinct creation times
-        let other = store
-            .import_model_dir(model_dir("{\"a\":2}").path(), &tag, "test")
-            .unwrap();
+        let other = store.import_model_dir(model_dir("{\"a\":2}").path(), &tag, "test").unwrap();
         assert_ne!(other.info.version, first.info.version);
         assert_eq!(store.model(&tag).unwrap().info.version, other.info.version);
         assert_eq!(store.models().unwrap().len(), 2);
 
-        let err = store
-            .model(&"absent".parse().unwrap())
-            .unwrap_err()
-            .to_string();
+        let err = store.model(&"absent".parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains("absent:latest is not in the store"), "{err}");
         // No scratch directories left behind.
         assert_eq!(fs::read_dir(home.path().join("tmp")).unwrap().count(), 0);
@@ -459,17 +407,9 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();
         let tag: Tag = "tiny:v1".parse().unwrap();
-        store
-            .import_model_dir(model_dir("1").path(), &tag, "test")
-            .unwrap();
-        let err = store
-            .import_model_dir(model_dir("2").path(), &tag, "test")
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("already exists with different files"),
-            "{err}"
-        );
+        store.import_model_dir(model_dir("1").path(), &tag, "test").unwrap();
+        let err = store.import_model_dir(model_dir("2").path(), &tag, "test").unwrap_err();
+        assert!(err.to_string().contains("already exists with different files"), "{err}");
     }
 
     #[test]

@@ -30,10 +30,7 @@ pub struct TagError {
 impl Tag {
     /// A tag from parts that are already known to be valid.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Result<Tag, TagError> {
-        let tag = Tag {
-            name: name.into(),
-            version: version.into(),
-        };
+        let tag = Tag { name: name.into(), version: version.into() };
         check_part(&tag.to_string(), "name", &tag.name)?;
         check_part(&tag.to_string(), "version", &tag.version)?;
         Ok(tag)
@@ -55,10 +52,7 @@ impl FromStr for Tag {
         };
         check_part(s, "name", name)?;
         check_part(s, "version", version)?;
-        Ok(Tag {
-            name: name.to_string(),
-            version: version.to_string(),
-        })
+        Ok(Tag { name: name.to_string(), version: version.to_string() })
     }
 }
 
@@ -70,12 +64,7 @@ impl fmt::Display for Tag {
 
 /// Checks one part of a tag (a name or a version).
 pub fn check_part(tag: &str, what: &str, part: &str) -> Result<(), TagError> {
-    let fail = |reason: String| {
-        Err(TagError {
-            tag: tag.to_string(),
-            reason,
-        })
-    };
+    let fail = |reason: String| Err(TagError { tag: tag.to_string(), reason });
     if part.is_empty() {
         return fail(format!("the {what} is empty"));
     }
@@ -85,19 +74,14 @@ pub fn check_part(tag: &str, what: &str, part: &str) -> Result<(), TagError> {
             part.len()
         ));
     }
-    if let Some(c) = part
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '.' | '_'))
-    {
+    if let Some(c) = part.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '.' | '_')) {
         return fail(format!(
             "the {what} contains {c:?}; only lowercase letters, digits, '-', '.' and '_' are allowed"
         ));
     }
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !part.starts_with(alnum) || !part.ends_with(alnum) {
-        return fail(format!(
-            "the {what} must start and end with a lowercase letter or a digit"
-        ));
+        return fail(format!("the {what} must start and end with a lowercase letter or a digit"));
     }
     Ok(())
 }

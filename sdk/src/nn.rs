@@ -2,7 +2,21 @@
 //!
 //! The tensor work runs in the host: a guest loads a model by the name its
 //! bento declares, builds input tensors (or lets the host tokenize text), and
-//! reads the outputs back.
+//! reads the outputs back. From `plugins/embedder`:
+//!
+//! ```ignore
+//! use wasmbento_sdk::nn::{self, Model};
+//!
+//! let model = Model::load("all-minilm-l6-v2")?;   // declared in bento.toml [models]
+//! let inputs = model.tokenize(&texts)?;           // input_ids, attention_mask, token_type_ids
+//! let outputs = model.compute(inputs)?;
+//! let embeddings: Vec<Vec<f32>> = nn::rows_f32(outputs.get("sentence_embedding")?)?;
+//! ```
+//!
+//! Models whose inputs are not text take tensors built with [`tensor_f32`]
+//! or [`tensor_i64`]. Errors from the host map to [`Error`]: an invalid
+//! argument (wrong shapes, ids outside the vocabulary) is a 400, anything
+//! else a 500.
 
 use crate::Error;
 use crate::bindings::wasi::nn::{
@@ -27,10 +41,7 @@ impl Model {
     /// of its weights however many instances load it.
     pub fn load(name: &str) -> Result<Model, Error> {
         let graph = graph::load_by_name(name).map_err(|e| nn_error(name, e))?;
-        Ok(Model {
-            name: name.to_string(),
-            graph,
-        })
+        Ok(Model { name: name.to_string(), graph })
     }
 
     /// Tokenizes `texts` with the model's own tokenizer (in the host) into
@@ -41,13 +52,9 @@ impl Model {
 
     /// Runs the model on `inputs`.
     pub fn compute(&self, inputs: Vec<(String, Tensor)>) -> Result<Outputs, Error> {
-        let context: GraphExecutionContext = self
-            .graph
-            .init_execution_context()
-            .map_err(|e| nn_error(&self.name, e))?;
-        let outputs = context
-            .compute(inputs)
-            .map_err(|e| nn_error(&self.name, e))?;
+        let context: GraphExecutionContext =
+            self.graph.init_execution_context().map_err(|e| nn_error(&self.name, e))?;
+        let outputs = context.compute(inputs).map_err(|e| nn_error(&self.name, e))?;
         Ok(Outputs(outputs))
     }
 }
@@ -82,14 +89,10 @@ pub fn rows_f32(tensor: &Tensor) -> Result<Vec<Vec<f32>>, Error> {
         return Err(Error::internal("expected an FP32 tensor"));
     }
     let dims = tensor.dimensions();
-    let width = *dims
-        .last()
-        .ok_or_else(|| Error::internal("tensor has no dimensions"))? as usize;
+    let width = *dims.last().ok_or_else(|| Error::internal("tensor has no dimensions"))? as usize;
     let data = tensor.data();
-    let values: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let values: Vec<f32> =
+        data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     if width == 0 {
         return Ok(Vec::new());
     }

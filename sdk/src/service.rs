@@ -75,11 +75,7 @@ impl Apis {
             let input: I = serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
-                CallError::BadInput(if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                })
+                CallError::BadInput(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
             })?;
             let output = handler(input).map_err(|e| match e {
                 Error::BadInput(m) => CallError::BadInput(m),

@@ -41,10 +41,7 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
 }
 
 fn options() -> CallOptions {
-    CallOptions {
-        deadline: Instant::now() + Duration::from_secs(60),
-        memory_limit: 256 << 20,
-    }
+    CallOptions { deadline: Instant::now() + Duration::from_secs(60), memory_limit: 256 << 20 }
 }
 
 /// Median µs of `iters` sequential calls, over `reps` repetitions.
@@ -60,10 +57,7 @@ async fn per_call_us(
     for _ in 0..reps {
         let started = Instant::now();
         for _ in 0..iters {
-            component
-                .call(Arc::clone(models), api, input, &options())
-                .await
-                .unwrap();
+            component.call(Arc::clone(models), api, input, &options()).await.unwrap();
         }
         samples.push(started.elapsed().as_secs_f64() * 1e6 / iters as f64);
     }
@@ -96,8 +90,7 @@ impl wasmbento::runner::Backend for NoForward {
 
 fn minilm_dir() -> PathBuf {
     PathBuf::from(
-        std::env::var_os("WASMBENTO_MINILM_DIR")
-            .expect("set WASMBENTO_MINILM_DIR (scripts/bench.sh does)"),
+        std::env::var_os("WASMBENTO_MINILM_DIR").expect("set WASMBENTO_MINILM_DIR (scripts/bench.sh does)"),
     )
 }
 
@@ -106,9 +99,7 @@ async fn main() {
     let home = tempfile::tempdir().unwrap();
     let store = Store::open(home.path()).unwrap();
     let hello = build_plugin(&store, "plugins/hello").await.unwrap();
-    let model = store
-        .import_model_dir(&minilm_dir(), &"all-minilm-l6-v2".parse().unwrap(), "bench")
-        .unwrap();
+    let model = store.import_model_dir(&minilm_dir(), &"all-minilm-l6-v2".parse().unwrap(), "bench").unwrap();
     let embedder = build_plugin(&store, "plugins/embedder").await.unwrap();
     let mut report = String::new();
     let mut line = |s: String| {
@@ -117,27 +108,50 @@ async fn main() {
         report.push('\n');
     };
 
+    // ---- 0. compiling a component vs loading its cached compilation ----
+    line("## Compile vs load from the compile cache (median of 3 compiles, 50 loads)".into());
+    line("| component | size (kB) | compile (ms) | load cached (ms) | ratio |".into());
+    line("|---|---|---|---|---|".into());
+    for bento in [&hello, &embedder] {
+        let (path, digest) = (&bento.component_path, &bento.manifest.component.digest);
+        let mut compile = Vec::new();
+        for _ in 0..3 {
+            let cache = tempfile::tempdir().unwrap();
+            let runtime = Runtime::new(&RuntimeOptions::default(), cache.path()).unwrap();
+            let t = Instant::now();
+            let (_, loaded) = runtime.load(path, digest).unwrap();
+            compile.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(loaded, wasmbento::compile_cache::Loaded::Compiled);
+        }
+        let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
+        let mut load = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let (_, loaded) = runtime.load(path, digest).unwrap();
+            load.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(loaded, wasmbento::compile_cache::Loaded::FromCache);
+        }
+        let (c, l) = (median(compile), median(load));
+        line(format!(
+            "| {} | {} | {c:.1} | {l:.3} | {:.0} |",
+            bento.manifest.name,
+            bento.manifest.component.size / 1000,
+            c / l
+        ));
+    }
+    line(String::new());
+
     // ---- 1. instantiate + call of hello, in process ----
     let greet = serde_json::to_vec(&json!({"name": "bench"})).unwrap();
     let no_models = Arc::new(ModelSet::default());
     let mut rows = Vec::new();
     for pooling in [true, false] {
-        let runtime = Runtime::new(
-            &RuntimeOptions {
-                pooling,
-                max_instances: 100,
-            },
-            &store.compiled_cache_dir(),
-        )
-        .unwrap();
-        let (component, _) = runtime
-            .load(&hello.component_path, &hello.manifest.component.digest)
-            .unwrap();
+        let runtime =
+            Runtime::new(&RuntimeOptions { pooling, max_instances: 100 }, &store.compiled_cache_dir())
+                .unwrap();
+        let (component, _) = runtime.load(&hello.component_path, &hello.manifest.component.digest).unwrap();
         per_call_us(&component, &no_models, "greet", &greet, 200, 1).await; // warm up
-        rows.push((
-            pooling,
-            per_call_us(&component, &no_models, "greet", &greet, 500, 9).await,
-        ));
+        rows.push((pooling, per_call_us(&component, &no_models, "greet", &greet, 500, 9).await));
     }
     line("## hello: fresh instance + call, in process (median of 9 × 500 calls)".into());
     line("| allocator | µs per call | ratio to pooling |".into());
@@ -152,22 +166,21 @@ async fn main() {
 
     // ---- 2. embedder: host overhead vs candle directly ----
     let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
-    let (component, _) = runtime
-        .load(
-            &embedder.component_path,
-            &embedder.manifest.component.digest,
-        )
-        .unwrap();
+    let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
     let runners = Runners::default();
     let runner = runners.get_or_load(&model).await.unwrap();
-    let models = Arc::new(ModelSet::new(BTreeMap::from([(
-        "all-minilm-l6-v2".to_string(),
-        Arc::clone(&runner),
-    )])));
+    let models =
+        Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
     line(String::new());
-    line("## embedder: one call in process, and its cost outside the forward pass (median of 15 × 20 calls)".into());
+    line(
+        "## embedder: one call in process, and its cost outside the forward pass (median of 15 × 20 calls)"
+            .into(),
+    );
     line("The *outside* column runs the same component, tokenizer and wasi:nn path against a backend".into());
-    line("that returns zeros at once: it is the per-call cost of the host and the guest, measured directly.".into());
+    line(
+        "that returns zeros at once: it is the per-call cost of the host and the guest, measured directly."
+            .into(),
+    );
     line(String::new());
     line("| texts | candle forward (ms) | through the component (ms) | ratio | outside the forward pass (ms) | of which tokenize (ms) |".into());
     line("|---|---|---|---|---|---|".into());
@@ -176,17 +189,10 @@ async fn main() {
         Arc::new(NoForward { hidden: 384 }),
         Some(wasmbento::runner::TextTokenizer::load(&model.dir).unwrap()),
     ));
-    let no_forward_models = Arc::new(ModelSet::new(BTreeMap::from([(
-        "all-minilm-l6-v2".to_string(),
-        Arc::clone(&no_forward),
-    )])));
+    let no_forward_models =
+        Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&no_forward))])));
     for n in [1usize, 8] {
-        let texts: Vec<String> = SENTENCES
-            .iter()
-            .cycle()
-            .take(n)
-            .map(|s| s.to_string())
-            .collect();
+        let texts: Vec<String> = SENTENCES.iter().cycle().take(n).map(|s| s.to_string()).collect();
         let tokenizer = runner.tokenizer().unwrap();
         let inputs = tokenizer.encode(&texts).unwrap();
         let body = serde_json::to_vec(&json!({ "texts": texts })).unwrap();
@@ -194,10 +200,7 @@ async fn main() {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             runner.compute_blocking(&inputs).unwrap();
-            component
-                .call(Arc::clone(&models), "encode", &body, &options())
-                .await
-                .unwrap();
+            component.call(Arc::clone(&models), "encode", &body, &options()).await.unwrap();
         }
         // Interleaved so drift hits all of them alike.
         for _ in 0..15 {
@@ -208,18 +211,12 @@ async fn main() {
             forward.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
             let t = Instant::now();
             for _ in 0..20 {
-                component
-                    .call(Arc::clone(&models), "encode", &body, &options())
-                    .await
-                    .unwrap();
+                component.call(Arc::clone(&models), "encode", &body, &options()).await.unwrap();
             }
             through.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
             let t = Instant::now();
             for _ in 0..20 {
-                component
-                    .call(Arc::clone(&no_forward_models), "encode", &body, &options())
-                    .await
-                    .unwrap();
+                component.call(Arc::clone(&no_forward_models), "encode", &body, &options()).await.unwrap();
             }
             outside.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
             let t = Instant::now();
@@ -228,28 +225,21 @@ async fn main() {
             }
             tokenize.push(t.elapsed().as_secs_f64() * 1e3 / 20.0);
         }
-        let (f, c, o, t) = (
-            median(forward),
-            median(through),
-            median(outside),
-            median(tokenize),
-        );
-        line(format!(
-            "| {n} | {f:.3} | {c:.3} | {:.3} | {o:.3} | {t:.3} |",
-            c / f
-        ));
+        let (f, c, o, t) = (median(forward), median(through), median(outside), median(tokenize));
+        line(format!("| {n} | {f:.3} | {c:.3} | {:.3} | {o:.3} | {t:.3} |", c / f));
     }
 
     // ---- 3. embedder over HTTP at 1 and 32 clients vs candle at the same concurrency ----
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"]))
-        .await
-        .unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
     server.wait_ready().await.unwrap();
     let url = format!("http://{}/embedder/encode", server.addr);
     let http = reqwest::Client::new();
     line(String::new());
     line("## embedder: throughput, one sentence per request (5 s per point)".into());
-    line("| clients | HTTP req/s | HTTP p50 (ms) | HTTP p99 (ms) | candle direct req/s | HTTP / direct |".into());
+    line(
+        "| clients | HTTP req/s | HTTP p50 (ms) | HTTP p99 (ms) | candle direct req/s | HTTP / direct |"
+            .into(),
+    );
     line("|---|---|---|---|---|---|".into());
     let tokenizer_runner = Arc::clone(&runner);
     for clients in [1usize, 32] {

@@ -15,10 +15,7 @@ pub mod tiny_bert;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A plugin directory by path relative to the workspace root.
@@ -51,10 +48,7 @@ pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
         deployments: bentos.iter().map(|b| b.parse().unwrap()).collect(),
         addr: "127.0.0.1:0".parse().unwrap(),
         max_request_bytes: 64 * 1024,
-        runtime: RuntimeOptions {
-            pooling: true,
-            max_instances: 64,
-        },
+        runtime: RuntimeOptions { pooling: true, max_instances: 64 },
     }
 }
 
@@ -82,10 +76,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// Largest absolute element-wise difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
 }
 
 /// Reads `embeddings` from an encode response.
@@ -94,12 +85,18 @@ pub fn embeddings(body: &serde_json::Value) -> Vec<Vec<f32>> {
         .as_array()
         .unwrap_or_else(|| panic!("no embeddings in {body}"))
         .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        })
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
         .collect()
+}
+
+/// The status of a `GET`.
+pub async fn get_status(http: &reqwest::Client, url: &str) -> reqwest::StatusCode {
+    http.get(url).send().await.unwrap().status()
+}
+
+/// Writes a tiny BERT (seeded) and imports it under `tag`.
+pub fn import_tiny_bert(store: &Store, tag: &str, seed: u64) -> wasmbento::store::StoredModel {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_bert::write(dir.path(), seed);
+    store.import_model_dir(dir.path(), &tag.parse().unwrap(), "tiny-bert").unwrap()
 }

@@ -7,10 +7,7 @@ use std::collections::HashMap;
 type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn w<'a>(weights: &'a Weights, name: &str) -> &'a [f32] {
-    &weights
-        .get(name)
-        .unwrap_or_else(|| panic!("no weight {name}"))
-        .1
+    &weights.get(name).unwrap_or_else(|| panic!("no weight {name}")).1
 }
 
 /// y = x W^T + b for one row.
@@ -18,12 +15,7 @@ fn linear(x: &[f64], weight: &[f32], bias: &[f32]) -> Vec<f64> {
     let out = bias.len();
     let inp = x.len();
     (0..out)
-        .map(|o| {
-            bias[o] as f64
-                + (0..inp)
-                    .map(|i| x[i] * weight[o * inp + i] as f64)
-                    .sum::<f64>()
-        })
+        .map(|o| bias[o] as f64 + (0..inp).map(|i| x[i] * weight[o * inp + i] as f64).sum::<f64>())
         .collect()
 }
 
@@ -58,13 +50,7 @@ fn gelu(x: f64) -> f64 {
 }
 
 /// The normalised mean-pooled embedding of one sequence of token ids.
-pub fn embed(
-    weights: &Weights,
-    ids: &[usize],
-    hidden: usize,
-    heads: usize,
-    layers: usize,
-) -> Vec<f32> {
+pub fn embed(weights: &Weights, ids: &[usize], hidden: usize, heads: usize, layers: usize) -> Vec<f32> {
     let eps = 1e-12;
     let seq = ids.len();
     let word = w(weights, "embeddings.word_embeddings.weight");
@@ -73,9 +59,7 @@ pub fn embed(
     let mut x: Vec<Vec<f64>> = (0..seq)
         .map(|t| {
             let e: Vec<f64> = (0..hidden)
-                .map(|h| {
-                    word[ids[t] * hidden + h] as f64 + pos[t * hidden + h] as f64 + typ[h] as f64
-                })
+                .map(|h| word[ids[t] * hidden + h] as f64 + pos[t * hidden + h] as f64 + typ[h] as f64)
                 .collect();
             layer_norm(
                 &e,
@@ -89,11 +73,7 @@ pub fn embed(
     for l in 0..layers {
         let p = |m: &str| format!("encoder.layer.{l}.{m}");
         let lin = |row: &[f64], m: &str| {
-            linear(
-                row,
-                w(weights, &p(&format!("{m}.weight"))),
-                w(weights, &p(&format!("{m}.bias"))),
-            )
+            linear(row, w(weights, &p(&format!("{m}.weight"))), w(weights, &p(&format!("{m}.bias"))))
         };
         let q: Vec<_> = x.iter().map(|r| lin(r, "attention.self.query")).collect();
         let k: Vec<_> = x.iter().map(|r| lin(r, "attention.self.key")).collect();
@@ -103,18 +83,14 @@ pub fn embed(
             for i in 0..seq {
                 let scores: Vec<f64> = (0..seq)
                     .map(|j| {
-                        (0..hd)
-                            .map(|d| q[i][h * hd + d] * k[j][h * hd + d])
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
+                        (0..hd).map(|d| q[i][h * hd + d] * k[j][h * hd + d]).sum::<f64>() / (hd as f64).sqrt()
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = exps.iter().sum();
                 for d in 0..hd {
-                    context[i][h * hd + d] =
-                        (0..seq).map(|j| exps[j] / total * v[j][h * hd + d]).sum();
+                    context[i][h * hd + d] = (0..seq).map(|j| exps[j] / total * v[j][h * hd + d]).sum();
                 }
             }
         }
@@ -128,10 +104,7 @@ pub fn embed(
                     w(weights, &p("attention.output.LayerNorm.bias")),
                     eps,
                 );
-                let inner: Vec<f64> = lin(&a, "intermediate.dense")
-                    .into_iter()
-                    .map(gelu)
-                    .collect();
+                let inner: Vec<f64> = lin(&a, "intermediate.dense").into_iter().map(gelu).collect();
                 let out = lin(&inner, "output.dense");
                 let res: Vec<f64> = out.iter().zip(&a).map(|(o, b)| o + b).collect();
                 layer_norm(
@@ -143,9 +116,7 @@ pub fn embed(
             })
             .collect();
     }
-    let mean: Vec<f64> = (0..hidden)
-        .map(|h| x.iter().map(|r| r[h]).sum::<f64>() / seq as f64)
-        .collect();
+    let mean: Vec<f64> = (0..hidden).map(|h| x.iter().map(|r| r[h]).sum::<f64>() / seq as f64).collect();
     let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
     mean.iter().map(|v| (v / norm) as f32).collect()
 }

@@ -17,18 +17,14 @@ pub const MAX_SEQ: usize = 16;
 
 /// The vocabulary: specials, then words (ids in this order).
 pub const WORDS: &[&str] = &[
-    "the", "a", "man", "woman", "is", "eating", "food", "riding", "horse", "cat", "dog", "play",
-    "##s", "##ing", "guitar", "on", "street", "monkey", "drum", ".", ",", "!", "?", "hello",
-    "world", "bento", "wasm",
+    "the", "a", "man", "woman", "is", "eating", "food", "riding", "horse", "cat", "dog", "play", "##s",
+    "##ing", "guitar", "on", "street", "monkey", "drum", ".", ",", "!", "?", "hello", "world", "bento",
+    "wasm",
 ];
 const SPECIALS: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 pub fn vocab() -> Vec<String> {
-    SPECIALS
-        .iter()
-        .chain(WORDS)
-        .map(|s| s.to_string())
-        .collect()
+    SPECIALS.iter().chain(WORDS).map(|s| s.to_string()).collect()
 }
 
 /// A tiny deterministic generator (SplitMix64) for weights.
@@ -59,74 +55,26 @@ pub fn weights(seed: u64) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         w.insert(name, (shape, values));
     };
     let v = vocab().len();
-    put(
-        "embeddings.word_embeddings.weight".into(),
-        vec![v, HIDDEN],
-        0.5,
-        0.0,
-    );
-    put(
-        "embeddings.position_embeddings.weight".into(),
-        vec![MAX_POSITIONS, HIDDEN],
-        0.5,
-        0.0,
-    );
-    put(
-        "embeddings.token_type_embeddings.weight".into(),
-        vec![2, HIDDEN],
-        0.5,
-        0.0,
-    );
+    put("embeddings.word_embeddings.weight".into(), vec![v, HIDDEN], 0.5, 0.0);
+    put("embeddings.position_embeddings.weight".into(), vec![MAX_POSITIONS, HIDDEN], 0.5, 0.0);
+    put("embeddings.token_type_embeddings.weight".into(), vec![2, HIDDEN], 0.5, 0.0);
     put("embeddings.LayerNorm.weight".into(), vec![HIDDEN], 0.1, 1.0);
     put("embeddings.LayerNorm.bias".into(), vec![HIDDEN], 0.1, 0.0);
     for l in 0..LAYERS {
         let p = format!("encoder.layer.{l}");
-        for m in [
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-        ] {
+        for m in
+            ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
+        {
             put(format!("{p}.{m}.weight"), vec![HIDDEN, HIDDEN], 0.3, 0.0);
             put(format!("{p}.{m}.bias"), vec![HIDDEN], 0.1, 0.0);
         }
-        put(
-            format!("{p}.attention.output.LayerNorm.weight"),
-            vec![HIDDEN],
-            0.1,
-            1.0,
-        );
-        put(
-            format!("{p}.attention.output.LayerNorm.bias"),
-            vec![HIDDEN],
-            0.1,
-            0.0,
-        );
-        put(
-            format!("{p}.intermediate.dense.weight"),
-            vec![INTERMEDIATE, HIDDEN],
-            0.3,
-            0.0,
-        );
-        put(
-            format!("{p}.intermediate.dense.bias"),
-            vec![INTERMEDIATE],
-            0.1,
-            0.0,
-        );
-        put(
-            format!("{p}.output.dense.weight"),
-            vec![HIDDEN, INTERMEDIATE],
-            0.3,
-            0.0,
-        );
+        put(format!("{p}.attention.output.LayerNorm.weight"), vec![HIDDEN], 0.1, 1.0);
+        put(format!("{p}.attention.output.LayerNorm.bias"), vec![HIDDEN], 0.1, 0.0);
+        put(format!("{p}.intermediate.dense.weight"), vec![INTERMEDIATE, HIDDEN], 0.3, 0.0);
+        put(format!("{p}.intermediate.dense.bias"), vec![INTERMEDIATE], 0.1, 0.0);
+        put(format!("{p}.output.dense.weight"), vec![HIDDEN, INTERMEDIATE], 0.3, 0.0);
         put(format!("{p}.output.dense.bias"), vec![HIDDEN], 0.1, 0.0);
-        put(
-            format!("{p}.output.LayerNorm.weight"),
-            vec![HIDDEN],
-            0.1,
-            1.0,
-        );
+        put(format!("{p}.output.LayerNorm.weight"), vec![HIDDEN], 0.1, 1.0);
         put(format!("{p}.output.LayerNorm.bias"), vec![HIDDEN], 0.1, 0.0);
     }
     w
@@ -143,11 +91,8 @@ pub fn write(dir: &Path, seed: u64) {
         "max_position_embeddings": MAX_POSITIONS, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(
-        dir.join("sentence_bert_config.json"),
-        json!({"max_seq_length": MAX_SEQ}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("sentence_bert_config.json"), json!({"max_seq_length": MAX_SEQ}).to_string())
+        .unwrap();
     let modules = json!([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -163,20 +108,12 @@ pub fn write(dir: &Path, seed: u64) {
     let device = candle_core::Device::Cpu;
     let tensors: HashMap<String, candle_core::Tensor> = weights(seed)
         .into_iter()
-        .map(|(name, (shape, values))| {
-            (
-                name,
-                candle_core::Tensor::from_vec(values, shape, &device).unwrap(),
-            )
-        })
+        .map(|(name, (shape, values))| (name, candle_core::Tensor::from_vec(values, shape, &device).unwrap()))
         .collect();
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 
-    let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.clone(), json!(i)))
-        .collect();
+    let vocab_map: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().enumerate().map(|(i, w)| (w.clone(), json!(i))).collect();
     let added: Vec<_> = SPECIALS
         .iter()
         .enumerate()

@@ -82,41 +82,28 @@ impl BertEncoder {
     pub fn load(dir: &Path) -> Result<BertEncoder> {
         let config: BertConfig = read_json(&dir.join("config.json"))?;
         if config.hidden_act != "gelu" {
-            bail!(
-                "hidden_act {:?} is not supported (only \"gelu\")",
-                config.hidden_act
-            );
+            bail!("hidden_act {:?} is not supported (only \"gelu\")", config.hidden_act);
         }
         if config.hidden_size % config.num_attention_heads != 0 {
             bail!("hidden_size must be a multiple of num_attention_heads");
         }
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
-            bail!(
-                "{} is missing (only safetensors weights are supported)",
-                weights.display()
-            );
+            bail!("{} is missing (only safetensors weights are supported)", weights.display());
         }
         let device = Device::Cpu;
         // SAFETY: the file lives in the store, which nothing rewrites in place.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
         // Checkpoints saved from BertForX prefix every weight with `bert.`.
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        let vb =
+            if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
         let h = config.hidden_size;
         let ln = |vb: VarBuilder| candle_nn::layer_norm(h, config.layer_norm_eps, vb);
         let emb = vb.pp("embeddings");
         let word = candle_nn::embedding(config.vocab_size, h, emb.pp("word_embeddings"))?;
-        let position = candle_nn::embedding(
-            config.max_position_embeddings,
-            h,
-            emb.pp("position_embeddings"),
-        )?;
-        let token_type =
-            candle_nn::embedding(config.type_vocab_size, h, emb.pp("token_type_embeddings"))?;
+        let position =
+            candle_nn::embedding(config.max_position_embeddings, h, emb.pp("position_embeddings"))?;
+        let token_type = candle_nn::embedding(config.type_vocab_size, h, emb.pp("token_type_embeddings"))?;
         let embedding_norm = ln(emb.pp("LayerNorm"))?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -128,11 +115,7 @@ impl BertEncoder {
                 value: candle_nn::linear(h, h, att.pp("self.value"))?,
                 attention_out: candle_nn::linear(h, h, att.pp("output.dense"))?,
                 attention_norm: ln(att.pp("output.LayerNorm"))?,
-                intermediate: candle_nn::linear(
-                    h,
-                    config.intermediate_size,
-                    l.pp("intermediate.dense"),
-                )?,
+                intermediate: candle_nn::linear(h, config.intermediate_size, l.pp("intermediate.dense"))?,
                 output: candle_nn::linear(config.intermediate_size, h, l.pp("output.dense"))?,
                 output_norm: ln(l.pp("output.LayerNorm"))?,
             });
@@ -172,32 +155,17 @@ impl BertEncoder {
                 self.config.max_position_embeddings
             );
         }
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&id| id < 0 || id as usize >= self.config.vocab_size)
-        {
-            bail!(
-                "input_ids holds {bad}, outside the vocabulary of {}",
-                self.config.vocab_size
-            );
+        if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= self.config.vocab_size) {
+            bail!("input_ids holds {bad}, outside the vocabulary of {}", self.config.vocab_size);
         }
-        if let Some(bad) = types
-            .iter()
-            .find(|&&t| t < 0 || t as usize >= self.config.type_vocab_size)
-        {
-            bail!(
-                "token_type_ids holds {bad}, outside 0..{}",
-                self.config.type_vocab_size
-            );
+        if let Some(bad) = types.iter().find(|&&t| t < 0 || t as usize >= self.config.type_vocab_size) {
+            bail!("token_type_ids holds {bad}, outside 0..{}", self.config.type_vocab_size);
         }
         let dev = &self.device;
         let to_u32 = |v: &[i64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
         let ids = CTensor::from_vec(to_u32(ids), (batch, seq), dev)?;
         let types = CTensor::from_vec(to_u32(types), (batch, seq), dev)?;
-        let mask_f: Vec<f32> = mask
-            .iter()
-            .map(|&m| if m != 0 { 1.0 } else { 0.0 })
-            .collect();
+        let mask_f: Vec<f32> = mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
         let mask = CTensor::from_vec(mask_f, (batch, seq), dev)?;
 
         // Embeddings: word + position + token type, then LayerNorm.
@@ -215,9 +183,7 @@ impl BertEncoder {
         let head_dim = self.config.hidden_size / heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let split = |t: CTensor| -> candle_core::Result<CTensor> {
-            t.reshape((batch, seq, heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+            t.reshape((batch, seq, heads, head_dim))?.transpose(1, 2)?.contiguous()
         };
         for layer in &self.layers {
             let q = split(layer.query.forward(&x)?)?;
@@ -225,18 +191,11 @@ impl BertEncoder {
             let v = split(layer.value.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((
-                batch,
-                seq,
-                self.config.hidden_size,
-            ))?;
-            let attended = layer
-                .attention_norm
-                .forward(&(layer.attention_out.forward(&context)? + &x)?)?;
+            let context =
+                probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, self.config.hidden_size))?;
+            let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
             let inner = layer.intermediate.forward(&attended)?.gelu_erf()?;
-            x = layer
-                .output_norm
-                .forward(&(layer.output.forward(&inner)? + attended)?)?;
+            x = layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?;
         }
 
         let pooled = match self.pooling {
@@ -249,11 +208,7 @@ impl BertEncoder {
             Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1)?,
         };
         let out = if self.normalize {
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(D::Minus1)?
-                .sqrt()?
-                .clamp(1e-12, f64::MAX)?;
+            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled
@@ -275,8 +230,8 @@ impl Backend for BertEncoder {
 
     fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
         let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        let ids = find("input_ids")
-            .ok_or_else(|| RunnerError::invalid("missing input tensor \"input_ids\""))?;
+        let ids =
+            find("input_ids").ok_or_else(|| RunnerError::invalid("missing input tensor \"input_ids\""))?;
         let [batch, seq] = ids.dims[..] else {
             return Err(RunnerError::invalid(format!(
                 "input_ids must be 2-D [batch, seq], got {:?}",
@@ -290,8 +245,7 @@ impl Backend for BertEncoder {
                     t.dims, ids.dims
                 )));
             }
-            t.to_i64()
-                .map_err(|e| RunnerError::invalid(format!("{name}: {e}")))
+            t.to_i64().map_err(|e| RunnerError::invalid(format!("{name}: {e}")))
         };
         let id_values = read("input_ids", ids)?;
         let mask = match find("attention_mask") {
@@ -341,11 +295,8 @@ fn sentence_transformer_head(dir: &Path) -> Result<(Pooling, bool)> {
     let pooling = match modules.iter().find(|m| m.kind.ends_with("Pooling")) {
         Some(m) => {
             let cfg_path = dir.join(&m.path).join("config.json");
-            let cfg: PoolingConfig = if cfg_path.is_file() {
-                read_json(&cfg_path)?
-            } else {
-                PoolingConfig::default()
-            };
+            let cfg: PoolingConfig =
+                if cfg_path.is_file() { read_json(&cfg_path)? } else { PoolingConfig::default() };
             if cfg.pooling_mode_cls_token && !cfg.pooling_mode_mean_tokens {
                 Pooling::Cls
             } else {

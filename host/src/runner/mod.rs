@@ -73,20 +73,12 @@ pub type NamedTensor = (String, Tensor);
 impl Tensor {
     /// An FP32 tensor from values.
     pub fn from_f32(dims: Vec<usize>, values: &[f32]) -> Tensor {
-        Tensor {
-            dims,
-            ty: ElementType::F32,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        Tensor { dims, ty: ElementType::F32, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }
 
     /// An I64 tensor from values.
     pub fn from_i64(dims: Vec<usize>, values: &[i64]) -> Tensor {
-        Tensor {
-            dims,
-            ty: ElementType::I64,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        Tensor { dims, ty: ElementType::I64, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }
 
     /// The number of elements the dimensions describe.
@@ -102,16 +94,12 @@ impl Tensor {
     pub fn to_i64(&self) -> Result<Vec<i64>, String> {
         self.check_len()?;
         Ok(match self.ty {
-            ElementType::I64 => self
-                .data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            ElementType::I32 => self
-                .data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                .collect(),
+            ElementType::I64 => {
+                self.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+            }
+            ElementType::I32 => {
+                self.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+            }
             ElementType::U8 => self.data.iter().map(|&b| b as i64).collect(),
             other => return Err(format!("expected an integer tensor, got {other:?}")),
         })
@@ -123,20 +111,13 @@ impl Tensor {
         if self.ty != ElementType::F32 {
             return Err(format!("expected an FP32 tensor, got {:?}", self.ty));
         }
-        Ok(self
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect())
+        Ok(self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 
     /// Checks that the data length matches dimensions × element size.
     pub fn check_len(&self) -> Result<(), String> {
         if let Some(size) = self.ty.size() {
-            let expected = self
-                .len()
-                .checked_mul(size)
-                .ok_or("tensor dimensions overflow")?;
+            let expected = self.len().checked_mul(size).ok_or("tensor dimensions overflow")?;
             if expected != self.data.len() {
                 return Err(format!(
                     "tensor data holds {} bytes, dimensions {:?} of {:?} need {expected}",
@@ -192,29 +173,14 @@ impl Runner {
             );
         }
         let backend: Arc<dyn Backend> = Arc::new(bert::BertEncoder::load(dir)?);
-        let tokenizer = if dir.join("tokenizer.json").is_file() {
-            Some(TextTokenizer::load(dir)?)
-        } else {
-            None
-        };
-        Ok(Runner {
-            tag,
-            backend,
-            tokenizer,
-        })
+        let tokenizer =
+            if dir.join("tokenizer.json").is_file() { Some(TextTokenizer::load(dir)?) } else { None };
+        Ok(Runner { tag, backend, tokenizer })
     }
 
     /// A runner around an existing backend (for other backends and tests).
-    pub fn with_backend(
-        tag: Tag,
-        backend: Arc<dyn Backend>,
-        tokenizer: Option<TextTokenizer>,
-    ) -> Runner {
-        Runner {
-            tag,
-            backend,
-            tokenizer,
-        }
+    pub fn with_backend(tag: Tag, backend: Arc<dyn Backend>, tokenizer: Option<TextTokenizer>) -> Runner {
+        Runner { tag, backend, tokenizer }
     }
 
     pub fn tag(&self) -> &Tag {
@@ -239,10 +205,7 @@ impl Runner {
     }
 
     /// Runs the model on the calling thread (benchmarks, tests).
-    pub fn compute_blocking(
-        &self,
-        inputs: &[NamedTensor],
-    ) -> Result<Vec<NamedTensor>, RunnerError> {
+    pub fn compute_blocking(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
         self.backend.compute(inputs)
     }
 }
@@ -274,12 +237,7 @@ impl Runners {
 
     /// How many models are loaded.
     pub fn len(&self) -> usize {
-        self.loaded
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|c| c.initialized())
-            .count()
+        self.loaded.lock().unwrap().values().filter(|c| c.initialized()).count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -24,10 +24,7 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("loading {}: {e}", dir.join("tokenizer.json").display()))?;
         let max_len = max_seq_length(dir)?;
         let pad_id = inner.get_padding().map(|p| p.pad_id).unwrap_or(0);
-        let pad_token = inner
-            .get_padding()
-            .map(|p| p.pad_token.clone())
-            .unwrap_or_else(|| "[PAD]".into());
+        let pad_token = inner.get_padding().map(|p| p.pad_token.clone()).unwrap_or_else(|| "[PAD]".into());
         inner.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             pad_id,
@@ -35,10 +32,7 @@ impl TextTokenizer {
             ..PaddingParams::default()
         }));
         inner
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_len, ..TruncationParams::default() }))
             .map_err(|e| anyhow!("setting truncation: {e}"))?;
         Ok(TextTokenizer { inner, max_len })
     }
@@ -55,10 +49,7 @@ impl TextTokenizer {
             return Err("no texts to tokenize".into());
         }
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, true)
-            .map_err(|e| e.to_string())?;
+        let encodings = self.inner.encode_batch(inputs, true).map_err(|e| e.to_string())?;
         let rows = encodings.len();
         let cols = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut ids = Vec::with_capacity(rows * cols);
@@ -72,10 +63,7 @@ impl TextTokenizer {
         let dims = vec![rows, cols];
         Ok(vec![
             ("input_ids".into(), Tensor::from_i64(dims.clone(), &ids)),
-            (
-                "attention_mask".into(),
-                Tensor::from_i64(dims.clone(), &mask),
-            ),
+            ("attention_mask".into(), Tensor::from_i64(dims.clone(), &mask)),
             ("token_type_ids".into(), Tensor::from_i64(dims, &types)),
         ])
     }

@@ -30,11 +30,7 @@ struct Embedder;
 
 impl Service for Embedder {
     fn apis(apis: &mut Apis) {
-        apis.api(
-            "encode",
-            "Embeds sentences into 384-dimensional unit vectors (all-MiniLM-L6-v2).",
-            encode,
-        );
+        apis.api("encode", "Embeds sentences into 384-dimensional unit vectors (all-MiniLM-L6-v2).", encode);
     }
 }
 
@@ -53,9 +49,7 @@ fn encode(request: EncodeRequest) -> Result<EncodeResponse, Error> {
     let outputs = model.compute(inputs)?;
     let embeddings = nn::rows_f32(outputs.get("sentence_embedding")?)?;
     if embeddings.len() != request.texts.len() {
-        return Err(Error::internal(
-            "the model returned a different number of embeddings",
-        ));
+        return Err(Error::internal("the model returned a different number of embeddings"));
     }
     Ok(EncodeResponse { embeddings })
 }

@@ -23,9 +23,7 @@ impl Service for Hello {
             if input.name.trim().is_empty() {
                 return Err(Error::bad_input("name: must not be empty"));
             }
-            Ok(Greeting {
-                message: format!("Hello, {}!", input.name),
-            })
+            Ok(Greeting { message: format!("Hello, {}!", input.name) })
         });
     }
 }

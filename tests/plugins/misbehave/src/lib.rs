@@ -19,6 +19,18 @@ struct Count {
 }
 
 #[derive(Serialize, JsonSchema)]
+struct Sandbox {
+    /// Environment variables the guest sees.
+    env_vars: usize,
+    /// Whether it could list the root directory.
+    read_root: bool,
+    /// Whether it could open a host file.
+    read_file: bool,
+    /// Whether it could create a file.
+    write_file: bool,
+}
+
+#[derive(Serialize, JsonSchema)]
 struct Done {
     ok: bool,
 }
@@ -29,52 +41,42 @@ struct Misbehave;
 
 impl Service for Misbehave {
     fn apis(apis: &mut Apis) {
-        apis.api(
-            "count",
-            "Counts calls in a global: a fresh instance always says 1.",
-            |_: Empty| {
-                // Single-threaded guest; the static is only touched here.
-                let calls = unsafe {
-                    CALLS += 1;
-                    CALLS
-                };
-                Ok(Count { calls })
-            },
-        )
-        .api(
-            "trap",
-            "Panics, which traps the instance.",
-            |_: Empty| -> Result<Done, Error> { panic!("deliberate trap") },
-        )
-        .api(
-            "spin",
-            "Loops forever.",
-            |_: Empty| -> Result<Done, Error> {
-                let mut x: u64 = 0;
-                loop {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            },
-        )
-        .api(
-            "alloc",
-            "Allocates and touches `mib` MiB.",
-            |input: Alloc| {
-                let mut blocks = Vec::new();
-                for _ in 0..input.mib {
-                    let block = vec![1u8; 1 << 20];
-                    blocks.push(std::hint::black_box(block));
-                }
-                Ok(Done {
-                    ok: blocks.len() == input.mib,
-                })
-            },
-        )
-        .api(
-            "fail",
-            "Returns an internal error.",
-            |_: Empty| -> Result<Done, Error> { Err(Error::internal("deliberate failure")) },
-        );
+        apis.api("count", "Counts calls in a global: a fresh instance always says 1.", |_: Empty| {
+            // Single-threaded guest; the static is only touched here.
+            let calls = unsafe {
+                CALLS += 1;
+                CALLS
+            };
+            Ok(Count { calls })
+        })
+        .api("trap", "Panics, which traps the instance.", |_: Empty| -> Result<Done, Error> {
+            panic!("deliberate trap")
+        })
+        .api("spin", "Loops forever.", |_: Empty| -> Result<Done, Error> {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .api("alloc", "Allocates and touches `mib` MiB.", |input: Alloc| {
+            let mut blocks = Vec::new();
+            for _ in 0..input.mib {
+                let block = vec![1u8; 1 << 20];
+                blocks.push(std::hint::black_box(block));
+            }
+            Ok(Done { ok: blocks.len() == input.mib })
+        })
+        .api("sandbox", "Reports what of the host the guest can reach.", |_: Empty| {
+            Ok(Sandbox {
+                env_vars: std::env::vars_os().count(),
+                read_root: std::fs::read_dir("/").is_ok(),
+                read_file: std::fs::read("/etc/hostname").is_ok(),
+                write_file: std::fs::write("escape.txt", b"x").is_ok(),
+            })
+        })
+        .api("fail", "Returns an internal error.", |_: Empty| -> Result<Done, Error> {
+            Err(Error::internal("deliberate failure"))
+        });
     }
 }
 
