@@ -91,6 +91,14 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
     let res = http.post(format!("{base}/hello/greet")).json(&json!({"name": "again"})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
+    // Wrong method and unknown routes: JSON errors too.
+    let res = http.get(format!("{base}/hello/greet")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(error_message(&res.json().await.unwrap()).contains("APIs take POST"));
+    let res = http.post(format!("{base}/a/b/c")).json(&json!({})).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(error_message(&res.json().await.unwrap()).contains("POST /{deployment}/{api}"));
+
     // Probes, metrics and docs.
     assert_eq!(get_status(&http, &format!("{base}/livez")).await, StatusCode::OK);
     assert_eq!(get_status(&http, &format!("{base}/readyz")).await, StatusCode::OK);

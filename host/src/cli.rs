@@ -191,17 +191,27 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         }
     }
     tracing::info!("listening on http://{addr} (docs: /docs.json, metrics: /metrics)");
-    let ready = async {
-        match server.wait_ready().await {
-            Ok(()) => tracing::info!("all deployments ready"),
-            Err(e) => tracing::error!("{e:#}"),
+    let deployments: Vec<_> = server.state.deployments.values().cloned().collect();
+    tokio::spawn(async move {
+        for d in deployments {
+            if let Err(e) = d.wait_ready().await {
+                tracing::error!("{e:#}");
+                return;
+            }
         }
-    };
-    tokio::select! {
-        _ = ready => {}
-        _ = tokio::signal::ctrl_c() => return server.shutdown().await,
-    }
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("shutting down");
+        tracing::info!("all deployments ready");
+    });
+    shutdown_signal().await?;
+    tracing::info!("shutting down: finishing requests in flight");
     server.shutdown().await
+}
+
+/// Ctrl-C, or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

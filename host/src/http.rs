@@ -54,6 +54,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/docs.json", get(docs))
         .route("/{deployment}/{api}", post(call_api))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: APIs take POST, probes GET")
+        })
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such route; APIs are served as POST /{deployment}/{api}")
         })
