@@ -390,3 +390,20 @@ impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_falls_back_to_on_demand_when_the_pool_cannot_be_reserved() {
+        let cache = tempfile::tempdir().unwrap();
+        // Far more slots than any address space holds: the reservation fails.
+        let options = RuntimeOptions { pooling: true, max_instances: 10_000_000 };
+        let runtime = Runtime::new(&options, cache.path()).unwrap();
+        assert!(!runtime.pooling());
+
+        let options = RuntimeOptions { pooling: false, max_instances: 10 };
+        assert!(!Runtime::new(&options, cache.path()).unwrap().pooling());
+    }
+}
