@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nn;
 pub mod openapi;
 pub mod runner;
+pub mod scale;
 pub mod server;
 pub mod store;
 pub mod tag;
