@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::compile_cache::Loaded;
 use crate::instance::{CallFailure, CallOptions, Runtime, ServiceComponent};
@@ -19,6 +19,7 @@ use crate::nn::ModelSet;
 use crate::runner::Runners;
 use crate::store::{Store, StoredModel};
 use crate::tag::Tag;
+use crate::traffic::{Gate, Rejection};
 
 /// What to serve: a bento, optionally under another name.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct DeploymentSpec {
     pub bento: Tag,
     /// Defaults to the bento's name.
     pub name: Option<String>,
+    /// Overrides the bento's `traffic` defaults.
+    pub traffic: Option<Traffic>,
 }
 
 impl std::str::FromStr for DeploymentSpec {
@@ -40,7 +43,7 @@ impl std::str::FromStr for DeploymentSpec {
             }
             None => (None, s),
         };
-        Ok(DeploymentSpec { bento: bento.parse()?, name })
+        Ok(DeploymentSpec { bento: bento.parse()?, name, traffic: None })
     }
 }
 
@@ -51,7 +54,7 @@ pub struct Deployment {
     component: ServiceComponent,
     loaded: Loaded,
     traffic: Traffic,
-    concurrency: Option<Arc<Semaphore>>,
+    gate: Arc<Gate>,
     readiness: watch::Sender<Readiness>,
 }
 
@@ -85,15 +88,16 @@ impl Deployment {
             .load(&stored.component_path, &bento.component.digest)
             .with_context(|| format!("loading the component of bento {}", bento.tag()))?;
         tracing::info!(deployment = %name, bento = %bento.tag(), ?loaded, "deployment prepared");
-        let traffic = bento.traffic.clone();
-        let concurrency = traffic.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize)));
+        let traffic = spec.traffic.clone().unwrap_or_else(|| bento.traffic.clone());
+        traffic.validate().map_err(anyhow::Error::msg)?;
+        let gate = Gate::new(traffic.max_concurrency, traffic.queue.clone());
         let deployment = Deployment {
             name,
             bento,
             component,
             loaded,
             traffic,
-            concurrency,
+            gate,
             readiness: watch::Sender::new(Readiness::Loading),
         };
         Ok((deployment, models))
@@ -154,6 +158,11 @@ impl Deployment {
         }
     }
 
+    /// The API service's admission gate (running and waiting requests).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
     pub fn api(&self, name: &str) -> Option<&ApiSpec> {
         self.bento.apis.iter().find(|a| a.name == name)
     }
@@ -171,18 +180,15 @@ impl Deployment {
         let started = Instant::now();
         let timeout = Duration::from_secs_f64(self.traffic.timeout);
         let deadline = started + timeout;
-        // Waiting for a slot counts against the same deadline.
-        let _permit = match &self.concurrency {
-            Some(sem) => Some(
-                tokio::time::timeout_at(deadline.into(), Arc::clone(sem).acquire_owned())
-                    .await
-                    .map_err(|_| DeploymentError::Call(CallFailure::Timeout(started.elapsed())))?
-                    .expect("the semaphore is never closed"),
-            ),
-            None => None,
-        };
+        // Waiting for a slot counts against the same deadline. The permit
+        // is dropped only after the call, whose future owns the instance.
+        let _permit = self.gate.admit(deadline).await?;
         let options = CallOptions { deadline, memory_limit: (self.traffic.memory_limit_mib as usize) << 20 };
-        self.component.call(models, api, input, &options).await.map_err(DeploymentError::Call)
+        self.component.call(models, api, input, &options).await.map_err(|failure| match failure {
+            // The deadline counts from the request's arrival, queueing included.
+            CallFailure::Timeout(_) => DeploymentError::Call(CallFailure::Timeout(started.elapsed())),
+            other => DeploymentError::Call(other),
+        })
     }
 }
 
@@ -191,6 +197,8 @@ impl Deployment {
 pub enum DeploymentError {
     #[error("the deployment is not ready: {0}")]
     NotReady(String),
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
     #[error(transparent)]
     Call(#[from] CallFailure),
 }

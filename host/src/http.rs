@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::deployment::{Deployment, DeploymentError};
 use crate::instance::CallFailure;
 use crate::metrics::{ApiLabels, Metrics, RequestLabels};
+use crate::traffic::Rejection;
 
 /// The request/response header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -69,24 +70,38 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 impl From<DeploymentError> for ApiError {
     fn from(e: DeploymentError) -> ApiError {
+        let mut retry_after = None;
         let status = match &e {
             DeploymentError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeploymentError::Rejected(rejection) => match rejection {
+                Rejection::QueueFull { retry_after: after, .. } => {
+                    retry_after = Some(after.as_secs());
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Rejection::Timeout(_) | Rejection::CannotMeetDeadline { .. } => StatusCode::GATEWAY_TIMEOUT,
+            },
             DeploymentError::Call(failure) => match failure {
                 CallFailure::BadInput(_) => StatusCode::BAD_REQUEST,
                 CallFailure::UnknownApi(_) => StatusCode::NOT_FOUND,
@@ -97,7 +112,7 @@ impl From<DeploymentError> for ApiError {
                 | CallFailure::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         };
-        ApiError::new(status, e.to_string())
+        ApiError { status, message: e.to_string(), retry_after }
     }
 }
 

@@ -29,3 +29,4 @@ pub mod scale;
 pub mod server;
 pub mod store;
 pub mod tag;
+pub mod traffic;

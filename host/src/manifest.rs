@@ -81,11 +81,18 @@ pub struct Traffic {
     pub max_concurrency: Option<u32>,
     /// Linear memory each instance may use, in MiB.
     pub memory_limit_mib: u64,
+    /// Where requests wait beyond `max_concurrency`.
+    pub queue: crate::traffic::QueueConfig,
 }
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { timeout: 60.0, max_concurrency: None, memory_limit_mib: 256 }
+        Traffic {
+            timeout: 60.0,
+            max_concurrency: None,
+            memory_limit_mib: 256,
+            queue: crate::traffic::QueueConfig::default(),
+        }
     }
 }
 

@@ -13,6 +13,14 @@ struct Alloc {
     mib: usize,
 }
 
+#[derive(Deserialize, Serialize, JsonSchema)]
+struct Sleep {
+    /// How long to sleep, in milliseconds.
+    ms: u64,
+    /// Returned as it came.
+    tag: String,
+}
+
 #[derive(Serialize, JsonSchema)]
 struct Count {
     calls: u64,
@@ -73,6 +81,10 @@ impl Service for Misbehave {
                 read_file: std::fs::read("/etc/hostname").is_ok(),
                 write_file: std::fs::write("escape.txt", b"x").is_ok(),
             })
+        })
+        .api("sleep", "Sleeps, then returns its tag.", |input: Sleep| {
+            std::thread::sleep(std::time::Duration::from_millis(input.ms));
+            Ok(input)
         })
         .api("fail", "Returns an internal error.", |_: Empty| -> Result<Done, Error> {
             Err(Error::internal("deliberate failure"))
