@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Allocate instances on demand instead of from a pool.
     #[arg(long)]
     pub no_pooling: bool,
+    /// Bearer token for the admin API (/admin/v1); generated and printed when absent.
+    #[arg(long, env = "WASMBENTO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Runs a parsed command line.
@@ -182,6 +185,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         addr: SocketAddr::new(args.host, args.port),
         max_request_bytes: args.max_request_bytes,
         runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
+        admin_token: args.admin_token,
     };
     let server = server::start(store, options).await?;
     let addr = server.addr;

@@ -6,7 +6,8 @@
 //! background and the deployment is *ready* once all of them are in memory.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,6 +18,7 @@ use crate::instance::{CallFailure, CallOptions, Runtime, ServiceComponent};
 use crate::manifest::{ApiSpec, BentoManifest, Traffic};
 use crate::nn::ModelSet;
 use crate::runner::Runners;
+use crate::scale::ScalingPolicy;
 use crate::store::{Store, StoredModel};
 use crate::tag::Tag;
 use crate::traffic::{Gate, Rejection};
@@ -53,10 +55,35 @@ pub struct Deployment {
     bento: BentoManifest,
     component: ServiceComponent,
     loaded: Loaded,
-    traffic: Traffic,
+    store: Store,
+    config: RwLock<DeploymentConfig>,
     gate: Arc<Gate>,
     readiness: watch::Sender<Readiness>,
+    events: Mutex<VecDeque<Event>>,
 }
+
+/// A deployment's own configuration: the bento's defaults as overridden
+/// through the admin API. Persisted in the store, so it survives restarts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The bento, `name:version`.
+    pub bento: String,
+    pub traffic: Traffic,
+    pub scaling: ScalingPolicy,
+}
+
+/// Something that happened to a deployment, for `GET .../events`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// RFC 3339.
+    pub at: String,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Events kept per deployment.
+const EVENTS_KEPT: usize = 256;
 
 /// Where a deployment's models stand.
 #[derive(Clone)]
@@ -88,17 +115,29 @@ impl Deployment {
             .load(&stored.component_path, &bento.component.digest)
             .with_context(|| format!("loading the component of bento {}", bento.tag()))?;
         tracing::info!(deployment = %name, bento = %bento.tag(), ?loaded, "deployment prepared");
-        let traffic = spec.traffic.clone().unwrap_or_else(|| bento.traffic.clone());
-        traffic.validate().map_err(anyhow::Error::msg)?;
-        let gate = Gate::new(traffic.max_concurrency, traffic.queue.clone());
+        // Precedence: an explicit override, then what the admin API stored,
+        // then the bento's defaults.
+        let stored_config = store.deployment_config(&name)?.filter(|c| c.bento == bento.tag().to_string());
+        let mut config = stored_config.unwrap_or_else(|| DeploymentConfig {
+            bento: bento.tag().to_string(),
+            traffic: bento.traffic.clone(),
+            scaling: bento.scaling.clone(),
+        });
+        if let Some(traffic) = &spec.traffic {
+            config.traffic = traffic.clone();
+        }
+        config.traffic.validate().map_err(anyhow::Error::msg)?;
+        let gate = Gate::new(config.traffic.max_concurrency, config.traffic.queue.clone());
         let deployment = Deployment {
             name,
             bento,
             component,
             loaded,
-            traffic,
+            store: store.clone(),
+            config: RwLock::new(config),
             gate,
             readiness: watch::Sender::new(Readiness::Loading),
+            events: Mutex::new(VecDeque::new()),
         };
         Ok((deployment, models))
     }
@@ -158,6 +197,54 @@ impl Deployment {
         }
     }
 
+    /// The current configuration.
+    pub fn config(&self) -> DeploymentConfig {
+        self.config.read().unwrap().clone()
+    }
+
+    /// Replaces the traffic settings at once (running calls keep theirs) and
+    /// persists them.
+    pub fn set_traffic(&self, traffic: Traffic) -> Result<()> {
+        traffic.validate().map_err(anyhow::Error::msg)?;
+        let config = {
+            let mut config = self.config.write().unwrap();
+            config.traffic = traffic.clone();
+            config.clone()
+        };
+        self.gate.reconfigure(traffic.max_concurrency, traffic.queue.clone());
+        self.store.save_deployment_config(&self.name, &config)?;
+        self.record("traffic", format!("traffic replaced: {}", serde_json::to_string(&traffic)?));
+        Ok(())
+    }
+
+    /// Replaces the scaling policy and persists it.
+    pub fn set_scaling(&self, scaling: ScalingPolicy) -> Result<()> {
+        scaling.validate()?;
+        let config = {
+            let mut config = self.config.write().unwrap();
+            config.scaling = scaling.clone();
+            config.clone()
+        };
+        self.store.save_deployment_config(&self.name, &config)?;
+        self.record("scaling", format!("scaling policy replaced: {}", serde_json::to_string(&scaling)?));
+        Ok(())
+    }
+
+    /// Appends an event (and logs it).
+    pub fn record(&self, kind: &'static str, message: String) {
+        tracing::info!(deployment = %self.name, kind, "{message}");
+        let mut events = self.events.lock().unwrap();
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event { at: crate::store::rfc3339(std::time::SystemTime::now()), kind, message });
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().iter().cloned().collect()
+    }
+
     /// The API service's admission gate (running and waiting requests).
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
@@ -178,12 +265,13 @@ impl Deployment {
             Readiness::Failed(message) => return Err(DeploymentError::NotReady(message.clone())),
         };
         let started = Instant::now();
-        let timeout = Duration::from_secs_f64(self.traffic.timeout);
+        let traffic = self.config.read().unwrap().traffic.clone();
+        let timeout = Duration::from_secs_f64(traffic.timeout);
         let deadline = started + timeout;
         // Waiting for a slot counts against the same deadline. The permit
         // is dropped only after the call, whose future owns the instance.
         let _permit = self.gate.admit(deadline).await?;
-        let options = CallOptions { deadline, memory_limit: (self.traffic.memory_limit_mib as usize) << 20 };
+        let options = CallOptions { deadline, memory_limit: (traffic.memory_limit_mib as usize) << 20 };
         self.component.call(models, api, input, &options).await.map_err(|failure| match failure {
             // The deadline counts from the request's arrival, queueing included.
             CallFailure::Timeout(_) => DeploymentError::Call(CallFailure::Timeout(started.elapsed())),

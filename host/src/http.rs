@@ -37,13 +37,19 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
+    /// The bearer token of the admin API.
+    pub admin_token: String,
     openapi: serde_json::Value,
 }
 
 impl AppState {
-    pub fn new(deployments: BTreeMap<String, Arc<Deployment>>, max_request_bytes: usize) -> AppState {
+    pub fn new(
+        deployments: BTreeMap<String, Arc<Deployment>>,
+        max_request_bytes: usize,
+        admin_token: String,
+    ) -> AppState {
         let openapi = crate::openapi::document(deployments.values().map(|d| d.as_ref()));
-        AppState { deployments, metrics: Metrics::default(), max_request_bytes, openapi }
+        AppState { deployments, metrics: Metrics::default(), max_request_bytes, admin_token, openapi }
     }
 }
 
@@ -55,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/docs.json", get(docs))
         .route("/{deployment}/{api}", post(call_api))
+        .nest("/admin/v1", crate::admin::router(Arc::clone(&state)))
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: APIs take POST, probes GET")
         })

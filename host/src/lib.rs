@@ -12,6 +12,7 @@
 //! bento), [`hub`] (model import), [`compile_cache`], [`metrics`],
 //! [`openapi`], [`server`] (wiring) and [`cli`].
 
+pub mod admin;
 pub mod bindings;
 pub mod builder;
 pub mod cli;

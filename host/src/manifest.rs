@@ -96,19 +96,8 @@ impl Default for Traffic {
     }
 }
 
-/// Replica bounds (used by the autoscaler).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Scaling {
-    pub min_replicas: u32,
-    pub max_replicas: u32,
-}
-
-impl Default for Scaling {
-    fn default() -> Self {
-        Scaling { min_replicas: 1, max_replicas: 1 }
-    }
-}
+/// Replica bounds and autoscaling policy (see [`crate::scale::policy`]).
+pub type Scaling = crate::scale::ScalingPolicy;
 
 impl Traffic {
     /// Rejects values no deployment could run with, naming the key.
@@ -132,26 +121,13 @@ impl Traffic {
     }
 }
 
-impl Scaling {
-    /// Rejects `min_replicas > max_replicas`.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.min_replicas > self.max_replicas {
-            return Err(format!(
-                "scaling.min_replicas ({}) must not exceed scaling.max_replicas ({})",
-                self.min_replicas, self.max_replicas
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl SourceManifest {
     /// Parses and checks a source `bento.toml`.
     pub fn parse(text: &str) -> anyhow::Result<SourceManifest> {
         let manifest: SourceManifest = toml::from_str(text)?;
         crate::tag::Tag::new(&manifest.name, &manifest.version)?;
         manifest.traffic.validate().map_err(anyhow::Error::msg)?;
-        manifest.scaling.validate().map_err(anyhow::Error::msg)?;
+        manifest.scaling.validate().map_err(|e| anyhow::anyhow!("scaling.{e}"))?;
         for (alias, tag) in &manifest.models {
             tag.parse::<crate::tag::Tag>().map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
         }
@@ -197,7 +173,7 @@ mod tests {
             "name = \"a\"\nversion = \"1\"\n[scaling]\nmin_replicas = 3\nmax_replicas = 1\n",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("min_replicas (3)"), "{err}");
+        assert!(err.to_string().contains("scaling.min_replicas: 3 must not exceed"), "{err}");
 
         let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");

@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     pub max_request_bytes: usize,
     pub runtime: RuntimeOptions,
+    /// Bearer token of the admin API; one is generated (and logged once)
+    /// when none is given.
+    pub admin_token: Option<String>,
 }
 
 /// A server that is accepting connections.
@@ -55,6 +58,9 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         let (deployment, models) =
             tokio::task::spawn_blocking(move || Deployment::prepare(&store, &runtime, &spec2)).await??;
         let deployment = Arc::new(deployment);
+        if deployment.name() == "admin" {
+            bail!("\"admin\" is reserved for the admin API; serve the bento under another name (name=bento)");
+        }
         if deployments.insert(deployment.name().to_string(), Arc::clone(&deployment)).is_some() {
             bail!("two deployments are named {:?}; give one another name with name=bento", deployment.name());
         }
@@ -69,7 +75,15 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         });
     }
 
-    let state = Arc::new(AppState::new(deployments, options.max_request_bytes));
+    let admin_token = match options.admin_token {
+        Some(token) if !token.is_empty() => token,
+        _ => {
+            let token = random_token()?;
+            tracing::warn!("no admin token configured; generated one for this run: {token}");
+            token
+        }
+    };
+    let state = Arc::new(AppState::new(deployments, options.max_request_bytes, admin_token));
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
@@ -108,4 +122,12 @@ impl RunningServer {
         self.task.await??;
         Ok(())
     }
+}
+
+/// 32 random bytes from the OS, as hex.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("reading /dev/urandom for an admin token")?;
+    Ok(hex::encode(bytes))
 }

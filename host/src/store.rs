@@ -9,6 +9,7 @@
 //! bentos/<name>/<version>/bento.toml   the bento manifest
 //! bentos/<name>/<version>/service.wasm the component
 //! cache/compiled/<digest>-<engine>.cwasm  precompiled components
+//! deployments/<name>.json              a deployment's traffic and scaling
 //! ```
 //!
 //! Entries appear atomically: they are written under `tmp/` and renamed into
@@ -184,6 +185,38 @@ impl Store {
         let path = dir.join(MODEL_INFO);
         let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?)
+    }
+
+    // ---- deployment configurations ----
+
+    /// The stored configuration of a deployment, if any.
+    pub fn deployment_config(&self, name: &str) -> Result<Option<crate::deployment::DeploymentConfig>> {
+        let path = self.root.join("deployments").join(format!("{name}.json"));
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Stores a deployment's configuration atomically: the old file or the
+    /// new one is there in full after a crash at any point, never a mix.
+    pub fn save_deployment_config(
+        &self,
+        name: &str,
+        config: &crate::deployment::DeploymentConfig,
+    ) -> Result<()> {
+        let dir = self.root.join("deployments");
+        fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        tmp.write_all(&serde_json::to_vec_pretty(config)?)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(dir.join(format!("{name}.json"))).map_err(|e| e.error)?;
+        // Make the rename itself durable.
+        fs::File::open(&dir)?.sync_all()?;
+        Ok(())
     }
 
     // ---- bentos ----

@@ -42,6 +42,9 @@ pub async fn build_plugin(store: &Store, rel: &str) -> Result<wasmbento::store::
     wasmbento::builder::build(store, &runtime, &dir).await
 }
 
+/// The admin token of test servers.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Options serving `bentos` on a free loopback port.
 pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
     wasmbento::server::ServeOptions {
@@ -49,6 +52,7 @@ pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         max_request_bytes: 64 * 1024,
         runtime: RuntimeOptions { pooling: true, max_instances: 64 },
+        admin_token: Some(ADMIN_TOKEN.into()),
     }
 }
 

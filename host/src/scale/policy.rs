@@ -16,18 +16,29 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a component scales.
+/// How a component scales. Omitted fields take their defaults (one replica,
+/// no scale to zero, the metrics policy's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScalingPolicy {
     pub min_replicas: u32,
     pub max_replicas: u32,
     /// Seconds without any request before going to zero replicas (only with
     /// `min_replicas = 0`; `None` never goes to zero).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_to_zero_after: Option<f64>,
-    #[serde(default)]
     pub policy: MetricsPolicy,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            min_replicas: 1,
+            max_replicas: 1,
+            scale_to_zero_after: None,
+            policy: MetricsPolicy::default(),
+        }
+    }
 }
 
 /// What the autoscaler looks at and how fast it may move.

@@ -1,0 +1,125 @@
+//! The admin API: bearer token, reading and replacing traffic and scaling
+//! JSON live (behaviour changes without a restart), events, and the
+//! configuration surviving a restart.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmbento_tests::{ADMIN_TOKEN, build_plugin, error_message, serve_options, temp_store};
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}/admin/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap())
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .put(format!("{}/admin/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap())
+    }
+
+    async fn sleep(&self, ms: u64) -> StatusCode {
+        let url = format!("{}/m/sleep", self.base);
+        self.http.post(url).json(&json!({"ms": ms, "tag": "t"})).send().await.unwrap().status()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_read_replaced_live_and_kept_across_restarts() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["m=misbehave"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
+
+    // No token, a wrong token: 401 with a JSON error.
+    let res = admin.http.get(format!("{}/admin/v1/deployments", admin.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_message(&res.json().await.unwrap()).contains("Bearer"));
+    let res = admin
+        .http
+        .get(format!("{}/admin/v1/deployments", admin.base))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // The data plane stays open.
+    assert_eq!(admin.sleep(1).await, StatusCode::OK);
+
+    let (s, list) = admin.get("/deployments").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["name"], "m");
+    assert_eq!(list[0]["bento"], "misbehave:0.1.0");
+    assert_eq!(admin.get("/deployments/nope").await.0, StatusCode::NOT_FOUND);
+
+    let (_, traffic) = admin.get("/deployments/m/traffic").await;
+    assert_eq!(traffic["timeout"], 2.0); // from the bento's bento.toml
+    // Under the 2 s timeout a 700 ms call succeeds.
+    assert_eq!(admin.sleep(700).await, StatusCode::OK);
+
+    // Bad traffic JSON: 400 naming the field and the rule; nothing changes.
+    for (body, needle) in [
+        (json!({"timeout": -1}), "traffic.timeout must be a positive number"),
+        (json!({"max_concurrency": "x"}), "max_concurrency: invalid type: string"),
+        (json!({"queue": {"strategy": "random"}}), "queue.strategy: unknown variant `random`"),
+        (json!({"timeout": 1, "colour": 1}), "unknown field `colour`"),
+    ] {
+        let (s, reply) = admin.put("/deployments/m/traffic", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+        let m = error_message(&reply);
+        assert!(m.contains(needle), "{m}");
+    }
+    assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], 2.0);
+
+    // A new timeout takes effect at once.
+    let (s, reply) = admin.put("/deployments/m/traffic", json!({"timeout": 0.3, "max_concurrency": 4})).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    assert_eq!(reply["max_concurrency"], 4);
+    assert_eq!(admin.sleep(700).await, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(admin.sleep(1).await, StatusCode::OK);
+
+    // Scaling policies: validated, stored, returned.
+    let (s, reply) = admin.put("/deployments/m/scaling", json!({"min_replicas": 3, "max_replicas": 1})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error_message(&reply).contains("min_replicas: 3 must not exceed max_replicas (1)"));
+    let policy = json!({"min_replicas": 0, "max_replicas": 4, "scale_to_zero_after": 30,
+        "policy": {"metrics": [{"type": "concurrency", "value": 8}], "scale_up_stabilization_window": 0,
+                   "scale_down_stabilization_window": 300}});
+    let (s, reply) = admin.put("/deployments/m/scaling", policy).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    assert_eq!(admin.get("/deployments/m/scaling").await.1["scale_to_zero_after"], 30.0);
+
+    let (_, events) = admin.get("/deployments/m/events").await;
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["traffic", "scaling"]);
+    assert!(events[0]["message"].as_str().unwrap().contains("\"timeout\":0.3"));
+
+    // A restart keeps both.
+    server.shutdown().await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["m=misbehave"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: admin.http, base: format!("http://{}", server.addr) };
+    let (_, traffic) = admin.get("/deployments/m/traffic").await;
+    assert_eq!((traffic["timeout"].as_f64(), traffic["max_concurrency"].as_u64()), (Some(0.3), Some(4)));
+    assert_eq!(admin.get("/deployments/m/scaling").await.1["max_replicas"], 4);
+    assert_eq!(admin.sleep(700).await, StatusCode::GATEWAY_TIMEOUT);
+    server.shutdown().await.unwrap();
+}
