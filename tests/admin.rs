@@ -52,7 +52,17 @@ async fn policies_are_read_replaced_live_and_kept_across_restarts() {
     // No token, a wrong token: 401 with a JSON error.
     let res = admin.http.get(format!("{}/admin/v1/deployments", admin.base)).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
     assert!(error_message(&res.json().await.unwrap()).contains("Bearer"));
+    // The scheme is case-insensitive.
+    let res = admin
+        .http
+        .get(format!("{}/admin/v1/deployments", admin.base))
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
     let res = admin
         .http
         .get(format!("{}/admin/v1/deployments", admin.base))
@@ -81,6 +91,9 @@ async fn policies_are_read_replaced_live_and_kept_across_restarts() {
         (json!({"max_concurrency": "x"}), "max_concurrency: invalid type: string"),
         (json!({"queue": {"strategy": "random"}}), "queue.strategy: unknown variant `random`"),
         (json!({"timeout": 1, "colour": 1}), "unknown field `colour`"),
+        (json!({"timeout": 1e300}), "up to 86400"),
+        (json!([]), "must be a JSON object"),
+        (json!(null), "must be a JSON object"),
     ] {
         let (s, reply) = admin.put("/deployments/m/traffic", body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
@@ -88,6 +101,16 @@ async fn policies_are_read_replaced_live_and_kept_across_restarts() {
         assert!(m.contains(needle), "{m}");
     }
     assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], 2.0);
+    let res = admin
+        .http
+        .put(format!("{}/admin/v1/deployments/m/traffic", admin.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"timeout": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // A new timeout takes effect at once.
     let (s, reply) = admin.put("/deployments/m/traffic", json!({"timeout": 0.3, "max_concurrency": 4})).await;

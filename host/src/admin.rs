@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,18 +42,25 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    // The scheme is case-insensitive (RFC 9110).
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let refuse = |message: &str| {
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        response
+    };
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
             next.run(request).await
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "the admin token is wrong").into_response(),
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "the admin API needs Authorization: Bearer <token>")
-            .into_response(),
+        Some(_) => refuse("the admin token is wrong"),
+        None => refuse("the admin API needs Authorization: Bearer <token>"),
     }
 }
 
@@ -63,10 +70,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn find(app: &AppState, name: &str) -> Result<Arc<Deployment>, ApiError> {
-    app.deployments
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no deployment named {name:?}")))
+    app.deployments.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = app.deployments.keys().map(String::as_str).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no deployment named {name:?} (deployments: {})", known.join(", ")),
+        )
+    })
 }
 
 fn summary(d: &Deployment) -> Value {
@@ -103,10 +113,11 @@ async fn get_traffic(
 async fn put_traffic(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Traffic>, ApiError> {
     let d = find(&app, &name)?;
-    let traffic: Traffic = parse(&body)?;
+    let traffic: Traffic = parse(&headers, &body)?;
     traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     d.set_traffic(traffic).map_err(internal)?;
     Ok(Json(d.config().traffic))
@@ -122,9 +133,11 @@ async fn get_scaling(
 async fn put_scaling(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ScalingPolicy>, ApiError> {
     let d = find(&app, &name)?;
+    parse::<serde::de::IgnoredAny>(&headers, &body)?;
     let scaling = ScalingPolicy::from_json(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
     d.set_scaling(scaling).map_err(internal)?;
     Ok(Json(d.config().scaling))
@@ -134,8 +147,23 @@ async fn events(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> R
     Ok(Json(json!(find(&app, &name)?.events())))
 }
 
-/// JSON with errors that name the field.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// A JSON object body (a `PUT` replaces the whole configuration, so an
+/// array or `null` is refused rather than read as "all defaults"), with
+/// errors that name the field.
+fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    crate::http::check_json_content_type(headers)?;
+    match serde_json::from_slice::<Value>(body) {
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid JSON: {e}"),
+            ));
+        }
+        Ok(Value::Object(_)) => {}
+        Ok(_) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "the request body must be a JSON object"));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -21,6 +21,9 @@ pub const TARGET: &str = "wasm32-wasip2";
 
 /// Builds the plugin in `dir` and stores the bento.
 pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<StoredBento> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory (expected a plugin crate with a bento.toml)", dir.display());
+    }
     let manifest_path = dir.join("bento.toml");
     let text = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("reading {} (every plugin needs one)", manifest_path.display()))?;

@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// Instances that may run at once (the pooling allocator's size).
     #[arg(long, default_value_t = 1000)]
     pub max_instances: u32,
+    /// Items per forward pass at most when runners batch concurrent calls (1: no batching).
+    #[arg(long, default_value_t = crate::runner::DEFAULT_MAX_BATCH_SIZE)]
+    pub max_batch_size: usize,
     /// Allocate instances on demand instead of from a pool.
     #[arg(long)]
     pub no_pooling: bool,
@@ -185,6 +188,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         addr: SocketAddr::new(args.host, args.port),
         max_request_bytes: args.max_request_bytes,
         runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
+        max_batch_size: args.max_batch_size,
         admin_token: args.admin_token,
     };
     let server = server::start(store, options).await?;

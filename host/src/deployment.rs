@@ -266,7 +266,8 @@ impl Deployment {
         };
         let started = Instant::now();
         let traffic = self.config.read().unwrap().traffic.clone();
-        let timeout = Duration::from_secs_f64(traffic.timeout);
+        // Validated to (0, a day]; the fallback only guards against a bug.
+        let timeout = Duration::try_from_secs_f64(traffic.timeout).unwrap_or(Duration::from_secs(60));
         let deadline = started + timeout;
         // Waiting for a slot counts against the same deadline. The permit
         // is dropped only after the call, whose future owns the instance.
@@ -274,7 +275,7 @@ impl Deployment {
         let options = CallOptions { deadline, memory_limit: (traffic.memory_limit_mib as usize) << 20 };
         self.component.call(models, api, input, &options).await.map_err(|failure| match failure {
             // The deadline counts from the request's arrival, queueing included.
-            CallFailure::Timeout(_) => DeploymentError::Call(CallFailure::Timeout(started.elapsed())),
+            CallFailure::Timeout(_) => DeploymentError::Call(CallFailure::Timeout(timeout)),
             other => DeploymentError::Call(other),
         })
     }

@@ -45,11 +45,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         deployments: BTreeMap<String, Arc<Deployment>>,
+        metrics: Metrics,
         max_request_bytes: usize,
         admin_token: String,
     ) -> AppState {
         let openapi = crate::openapi::document(deployments.values().map(|d| d.as_ref()));
-        AppState { deployments, metrics: Metrics::default(), max_request_bytes, admin_token, openapi }
+        AppState { deployments, metrics, max_request_bytes, admin_token, openapi }
     }
 }
 
@@ -63,10 +64,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{deployment}/{api}", post(call_api))
         .nest("/admin/v1", crate::admin::router(Arc::clone(&state)))
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: APIs take POST, probes GET")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route (the Allow header lists the allowed ones; APIs take POST)",
+            )
         })
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such route; APIs are served as POST /{deployment}/{api}")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route: APIs are POST /{deployment}/{api}, the admin API is under /admin/v1/deployments",
+            )
         })
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -171,11 +178,10 @@ async fn call_api(
     }
 
     let labels = ApiLabels { deployment: deployment.clone(), api: api.clone() };
-    let gauge = app.metrics.in_progress.get_or_create(&labels).clone();
-    gauge.inc();
+    let in_progress = InProgress::enter(app.metrics.in_progress.get_or_create(&labels).clone());
     let started = Instant::now();
     let result = handle_call(&app, d, &api, &headers, body).await;
-    gauge.dec();
+    drop(in_progress);
 
     let status = match &result {
         Ok(_) => StatusCode::OK,
@@ -191,6 +197,23 @@ async fn call_api(
     }
     let bytes = result?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// Counts a request in progress until dropped, also when the request's
+/// future is dropped early (client gone) or unwinds.
+struct InProgress(prometheus_client::metrics::gauge::Gauge);
+
+impl InProgress {
+    fn enter(gauge: prometheus_client::metrics::gauge::Gauge) -> InProgress {
+        gauge.inc();
+        InProgress(gauge)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn handle_call(
@@ -232,7 +255,7 @@ async fn handle_call(
     Ok(Bytes::from(output))
 }
 
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let unsupported = |what: String| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -192,7 +192,7 @@ pub enum CallFailure {
     #[error("the service exceeded its memory limit of {limit_mib} MiB and was stopped")]
     MemoryLimit { limit_mib: u64 },
     /// The deadline passed; the instance was interrupted (504).
-    #[error("the service did not answer within {0:.1?}")]
+    #[error("the service did not answer within its timeout ({0:.1?}) and was stopped")]
     Timeout(Duration),
     /// The host could not run the call (500).
     #[error("the host could not run the service: {0}")]

@@ -71,6 +71,9 @@ pub struct ApiSpec {
     pub output_schema: String,
 }
 
+/// The longest `traffic.timeout` accepted: a day.
+pub const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
+
 /// Traffic control for the API service (BentoML's `traffic` keys).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -102,9 +105,9 @@ pub type Scaling = crate::scale::ScalingPolicy;
 impl Traffic {
     /// Rejects values no deployment could run with, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_TIMEOUT_SECONDS) {
             return Err(format!(
-                "traffic.timeout must be a positive number of seconds, got {}",
+                "traffic.timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECONDS} (a day), got {}",
                 self.timeout
             ));
         }

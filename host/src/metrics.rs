@@ -36,6 +36,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RequestLabels, Histogram>,
     pub in_progress: Family<ApiLabels, Gauge>,
+    /// Items per forward pass, by model (adaptive batching).
+    pub batch_size: crate::runner::BatchSizes,
 }
 
 impl Default for Metrics {
@@ -49,7 +51,9 @@ impl Default for Metrics {
         registry.register("request", "Requests answered", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request", duration.clone());
         registry.register("request_in_progress", "Requests being handled", in_progress.clone());
-        Metrics { registry: Mutex::new(registry), requests, duration, in_progress }
+        let batch_size = crate::runner::batch_size_family();
+        registry.register("runner_batch_size", "Items per forward pass", batch_size.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, in_progress, batch_size }
     }
 }
 

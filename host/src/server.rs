@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     pub max_request_bytes: usize,
     pub runtime: RuntimeOptions,
+    /// Items per forward pass at most (1 turns batching off).
+    pub max_batch_size: usize,
     /// Bearer token of the admin API; one is generated (and logged once)
     /// when none is given.
     pub admin_token: Option<String>,
@@ -49,7 +51,8 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     }
     let runtime = Runtime::new(&options.runtime, &store.compiled_cache_dir())?;
     tracing::info!(pooling = runtime.pooling(), "engine ready");
-    let runners = Arc::new(Runners::default());
+    let metrics = crate::metrics::Metrics::default();
+    let runners = Arc::new(Runners::new(metrics.batch_size.clone(), options.max_batch_size));
 
     let mut deployments = BTreeMap::new();
     let mut pending = Vec::new();
@@ -83,7 +86,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             token
         }
     };
-    let state = Arc::new(AppState::new(deployments, options.max_request_bytes, admin_token));
+    let state = Arc::new(AppState::new(deployments, metrics, options.max_request_bytes, admin_token));
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;

@@ -64,6 +64,79 @@ async fn per_call_us(
     median(samples)
 }
 
+/// Requests per second and latencies (ms) of `clients` concurrent HTTP clients.
+async fn http_throughput(url: &str, clients: usize, window: Duration) -> (f64, Vec<f64>) {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, url) = (http.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = c;
+            while started.elapsed() < window {
+                let t = Instant::now();
+                let res = http
+                    .post(&url)
+                    .json(&json!({"texts": [SENTENCES[i % SENTENCES.len()]]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success());
+                res.bytes().await.unwrap();
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    (lat.len() as f64 / started.elapsed().as_secs_f64(), lat)
+}
+
+/// Calls per second of tokenize + forward at the given concurrency, unbatched.
+async fn direct_throughput(runner: &Arc<wasmbento::runner::Runner>, clients: usize, window: Duration) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let runner = Arc::clone(runner);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut done = 0usize;
+            let mut i = c;
+            while started.elapsed() < window {
+                let texts = vec![SENTENCES[i % SENTENCES.len()].to_string()];
+                let inputs = runner.tokenizer().unwrap().encode(&texts).unwrap();
+                runner.compute_blocking(&inputs).unwrap();
+                done += 1;
+                i += 1;
+            }
+            done
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Mean of the `wasmbento_runner_batch_size` histogram in a metrics text.
+fn mean_batch_size(metrics: &str) -> f64 {
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("wasmbento_runner_batch_size_count");
+    if count == 0.0 { 0.0 } else { value("wasmbento_runner_batch_size_sum") / count }
+}
+
 /// A backend that skips the forward pass and returns zero vectors of the
 /// right shape: what is left of a call is the host's and the guest's cost.
 struct NoForward {
@@ -167,7 +240,7 @@ async fn main() {
     // ---- 2. embedder: host overhead vs candle directly ----
     let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
     let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
-    let runners = Runners::default();
+    let runners = Runners::new(wasmbento::runner::batch_size_family(), 1);
     let runner = runners.get_or_load(&model).await.unwrap();
     let models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
@@ -188,6 +261,8 @@ async fn main() {
         model.tag(),
         Arc::new(NoForward { hidden: 384 }),
         Some(wasmbento::runner::TextTokenizer::load(&model.dir).unwrap()),
+        1,
+        &wasmbento::runner::batch_size_family(),
     ));
     let no_forward_models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&no_forward))])));
@@ -229,81 +304,35 @@ async fn main() {
         line(format!("| {n} | {f:.3} | {c:.3} | {:.3} | {o:.3} | {t:.3} |", c / f));
     }
 
-    // ---- 3. embedder over HTTP at 1 and 32 clients vs candle at the same concurrency ----
-    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
-    server.wait_ready().await.unwrap();
-    let url = format!("http://{}/embedder/encode", server.addr);
-    let http = reqwest::Client::new();
+    // ---- 3. embedder over HTTP: batching on vs off, vs candle directly ----
     line(String::new());
-    line("## embedder: throughput, one sentence per request (5 s per point)".into());
+    line("## embedder over HTTP: one sentence per request, 5 s per point".into());
     line(
-        "| clients | HTTP req/s | HTTP p50 (ms) | HTTP p99 (ms) | candle direct req/s | HTTP / direct |"
-            .into(),
+        "*candle direct*: tokenize + forward of one sentence per call, same concurrency, no batching.".into(),
     );
-    line("|---|---|---|---|---|---|".into());
-    let tokenizer_runner = Arc::clone(&runner);
-    for clients in [1usize, 32] {
-        let window = Duration::from_secs(5);
-        // HTTP
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let (http, url) = (http.clone(), url.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut i = c;
-                while started.elapsed() < window {
-                    let t = Instant::now();
-                    let res = http
-                        .post(&url)
-                        .json(&json!({"texts": [SENTENCES[i % SENTENCES.len()]]}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(res.status().is_success());
-                    res.bytes().await.unwrap();
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                    i += 1;
-                }
-                lat
-            }));
+    line(String::new());
+    line("| clients | batching | req/s | p50 (ms) | p99 (ms) | mean batch | candle direct req/s | req/s ratio to direct |".into());
+    line("|---|---|---|---|---|---|---|---|".into());
+    for clients in [1usize, 8, 32] {
+        let direct_rps = direct_throughput(&runner, clients, Duration::from_secs(5)).await;
+        for max_batch_size in [32usize, 1] {
+            let mut options = serve_options(&["embedder"]);
+            options.max_batch_size = max_batch_size;
+            let server = wasmbento::server::start(&store, options).await.unwrap();
+            server.wait_ready().await.unwrap();
+            let url = format!("http://{}/embedder/encode", server.addr);
+            let (rps, lat) = http_throughput(&url, clients, Duration::from_secs(5)).await;
+            let mean_batch = mean_batch_size(&server.state.metrics.encode());
+            line(format!(
+                "| {clients} | {} | {rps:.0} | {:.2} | {:.2} | {mean_batch:.2} | {direct_rps:.0} | {:.2} |",
+                if max_batch_size > 1 { "on" } else { "off" },
+                percentile(lat.clone(), 0.5),
+                percentile(lat, 0.99),
+                rps / direct_rps
+            ));
+            server.shutdown().await.unwrap();
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        let http_rps = lat.len() as f64 / started.elapsed().as_secs_f64();
-        // Direct: tokenize + forward on the blocking pool, same concurrency.
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let runner = Arc::clone(&tokenizer_runner);
-            tasks.push(tokio::spawn(async move {
-                let mut done = 0usize;
-                let mut i = c;
-                while started.elapsed() < window {
-                    let texts = vec![SENTENCES[i % SENTENCES.len()].to_string()];
-                    let inputs = runner.tokenizer().unwrap().encode(&texts).unwrap();
-                    runner.compute(inputs).await.unwrap();
-                    done += 1;
-                    i += 1;
-                }
-                done
-            }));
-        }
-        let mut done = 0;
-        for t in tasks {
-            done += t.await.unwrap();
-        }
-        let direct_rps = done as f64 / started.elapsed().as_secs_f64();
-        line(format!(
-            "| {clients} | {http_rps:.0} | {:.2} | {:.2} | {direct_rps:.0} | {:.2} |",
-            percentile(lat.clone(), 0.5),
-            percentile(lat, 0.99),
-            http_rps / direct_rps
-        ));
     }
-    server.shutdown().await.unwrap();
 
     if let Some(path) = std::env::var_os("WASMBENTO_BENCH_OUT") {
         std::fs::write(path, report).unwrap();

@@ -52,6 +52,7 @@ pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         max_request_bytes: 64 * 1024,
         runtime: RuntimeOptions { pooling: true, max_instances: 64 },
+        max_batch_size: wasmbento::runner::DEFAULT_MAX_BATCH_SIZE,
         admin_token: Some(ADMIN_TOKEN.into()),
     }
 }

@@ -228,6 +228,10 @@ impl Backend for BertEncoder {
         )
     }
 
+    fn batchable(&self) -> bool {
+        true
+    }
+
     fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
         let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let ids =

@@ -10,10 +10,10 @@
 //! The host implements the `wasi:nn` WIT itself (`bindgen!` with async
 //! imports, see [`crate::nn`]) rather than using `wasmtime-wasi-nn`, whose
 //! host calls are synchronous and whose backends are keyed by the fixed
-//! `graph-encoding` enum. [`Runner::compute`] moves the forward pass onto
-//! tokio's blocking pool and awaits it, so a long inference never stalls the
-//! executor threads that serve HTTP and drive other instances, and concurrent
-//! calls can later be merged into batches in this one place.
+//! `graph-encoding` enum. [`Runner::compute`] hands the call to the runner's
+//! own worker thread and awaits the answer, so a long inference never stalls
+//! the executor threads that serve HTTP and drive other instances, and the
+//! worker merges concurrent calls into batches ([`batcher`]).
 //!
 //! # Backends
 //!
@@ -21,14 +21,17 @@
 //! encoders on the CPU with candle ([`bert`]). ONNX or GPU backends implement
 //! the same trait.
 
+mod batcher;
 pub mod bert;
 mod tokenize;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Result, bail};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::OnceCell;
 
 pub use tokenize::TextTokenizer;
@@ -153,20 +156,47 @@ pub trait Backend: Send + Sync + 'static {
     /// One line about what runs where, for logs.
     fn describe(&self) -> String;
 
-    /// Runs the model. Called on a blocking thread, never on the executor.
+    /// Runs the model. Called on the runner's worker thread, never on the executor.
     fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError>;
+
+    /// Whether calls can be merged along the first axis of 2-D integer
+    /// inputs padded with zeros (encoders with an attention mask).
+    fn batchable(&self) -> bool {
+        false
+    }
 }
 
-/// A loaded model: backend plus tokenizer, shared by every instance.
+/// Items in one forward pass at most (BentoML's `max_batch_size` counts the
+/// same way: a call with 20 texts is 20).
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
+
+/// Batch sizes by model, for `/metrics`.
+pub type BatchSizes = Family<ModelLabels, Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+/// A histogram family with BentoML's batch-size buckets (powers of two).
+pub fn batch_size_family() -> BatchSizes {
+    Family::new_with_constructor(|| {
+        Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10))
+    })
+}
+
+/// A loaded model: backend plus tokenizer, shared by every instance, and
+/// the worker thread that runs (and batches) its calls.
 pub struct Runner {
     tag: Tag,
     backend: Arc<dyn Backend>,
     tokenizer: Option<TextTokenizer>,
+    jobs: mpsc::Sender<batcher::Job>,
 }
 
 impl Runner {
     /// Loads the model in `dir` with the backend that fits it.
-    pub fn load(tag: Tag, dir: &Path) -> Result<Runner> {
+    pub fn load(tag: Tag, dir: &Path, max_batch_size: usize, batch_sizes: &BatchSizes) -> Result<Runner> {
         if !bert::is_bert_dir(dir) {
             bail!(
                 "model {tag}: no backend for this model (only BERT-family encoders with config.json are supported)"
@@ -175,12 +205,29 @@ impl Runner {
         let backend: Arc<dyn Backend> = Arc::new(bert::BertEncoder::load(dir)?);
         let tokenizer =
             if dir.join("tokenizer.json").is_file() { Some(TextTokenizer::load(dir)?) } else { None };
-        Ok(Runner { tag, backend, tokenizer })
+        Ok(Runner::with_backend(tag, backend, tokenizer, max_batch_size, batch_sizes))
     }
 
     /// A runner around an existing backend (for other backends and tests).
-    pub fn with_backend(tag: Tag, backend: Arc<dyn Backend>, tokenizer: Option<TextTokenizer>) -> Runner {
-        Runner { tag, backend, tokenizer }
+    pub fn with_backend(
+        tag: Tag,
+        backend: Arc<dyn Backend>,
+        tokenizer: Option<TextTokenizer>,
+        max_batch_size: usize,
+        batch_sizes: &BatchSizes,
+    ) -> Runner {
+        let (jobs, queue) = mpsc::channel();
+        let histogram = batch_sizes.get_or_create(&ModelLabels { model: tag.to_string() }).clone();
+        let worker_backend = Arc::clone(&backend);
+        std::thread::Builder::new()
+            .name(format!("runner {tag}"))
+            .spawn(move || {
+                batcher::run_worker(worker_backend.as_ref(), queue, max_batch_size, |n| {
+                    histogram.observe(n as f64)
+                })
+            })
+            .expect("spawning a runner thread");
+        Runner { tag, backend, tokenizer, jobs }
     }
 
     pub fn tag(&self) -> &Tag {
@@ -196,27 +243,35 @@ impl Runner {
         self.tokenizer.as_ref()
     }
 
-    /// Runs the model on the blocking pool (see the module docs).
+    /// Runs the model on the runner's worker, batched with concurrent calls.
     pub async fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, RunnerError> {
-        let backend = Arc::clone(&self.backend);
-        tokio::task::spawn_blocking(move || backend.compute(&inputs))
-            .await
-            .unwrap_or_else(|e| Err(RunnerError::Runtime(format!("the backend panicked: {e}"))))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(batcher::Job { inputs, reply })
+            .map_err(|_| RunnerError::Runtime("the runner's worker has stopped".into()))?;
+        answer.await.unwrap_or_else(|_| Err(RunnerError::Runtime("the runner's worker panicked".into())))
     }
 
-    /// Runs the model on the calling thread (benchmarks, tests).
+    /// Runs the model on the calling thread, unbatched (benchmarks, tests).
     pub fn compute_blocking(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
         self.backend.compute(inputs)
     }
 }
 
 /// Every model loaded in this host, by exact tag: loaded once, shared.
-#[derive(Default)]
 pub struct Runners {
     loaded: Mutex<HashMap<Tag, Arc<OnceCell<Arc<Runner>>>>>,
+    batch_sizes: BatchSizes,
+    max_batch_size: usize,
 }
 
 impl Runners {
+    /// Runners batching up to `max_batch_size` items (1: no batching) and
+    /// reporting their batch sizes into `batch_sizes`.
+    pub fn new(batch_sizes: BatchSizes, max_batch_size: usize) -> Runners {
+        Runners { loaded: Mutex::default(), batch_sizes, max_batch_size: max_batch_size.max(1) }
+    }
+
     /// The runner for a stored model, loading it on first use. Concurrent
     /// first uses wait for one load instead of loading twice.
     pub async fn get_or_load(&self, model: &StoredModel) -> Result<Arc<Runner>> {
@@ -227,7 +282,8 @@ impl Runners {
                 let dir = model.dir.clone();
                 let tag2 = tag.clone();
                 let started = std::time::Instant::now();
-                let runner = tokio::task::spawn_blocking(move || Runner::load(tag2, &dir)).await??;
+                let (sizes, max) = (self.batch_sizes.clone(), self.max_batch_size);
+                let runner = tokio::task::spawn_blocking(move || Runner::load(tag2, &dir, max, &sizes)).await??;
                 tracing::info!(model = %tag, took_ms = started.elapsed().as_millis() as u64, backend = %runner.describe(), "model loaded");
                 anyhow::Ok(Arc::new(runner))
             })

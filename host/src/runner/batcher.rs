@@ -1,0 +1,255 @@
+//! Adaptive batching: concurrent calls on one model become one forward pass.
+//!
+//! Each runner has one worker thread fed by a queue. The worker takes the
+//! first waiting call, then every call already waiting behind it, up to
+//! `max_batch_size` *items* (rows: a call carrying 20 texts counts 20), and
+//! runs them as one batch. Under light load a call runs alone at once (no
+//! waiting window is added); under load the calls that queued while the
+//! previous batch ran go together, so batches grow with the load.
+//!
+//! Merging is for encoder inputs: 2-D integer tensors `[rows, seq]` with the
+//! same names in every call. Shorter sequences are padded on the right with
+//! zeros, which the attention mask (also padded with zeros) hides from
+//! attention and pooling, so every call gets the result it would get alone.
+//! Outputs are split back by rows. Calls that cannot be merged run alone.
+
+use std::sync::mpsc;
+
+use super::{Backend, ElementType, NamedTensor, RunnerError, Tensor};
+
+/// One call waiting for the worker.
+pub struct Job {
+    pub inputs: Vec<NamedTensor>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<NamedTensor>, RunnerError>>,
+}
+
+impl Job {
+    /// Rows (items) of a mergeable call; `None` if it cannot be merged.
+    fn rows(&self) -> Option<usize> {
+        let mut rows = None;
+        for (_, t) in &self.inputs {
+            if t.dims.len() != 2 || !matches!(t.ty, ElementType::I64 | ElementType::I32) {
+                return None;
+            }
+            if *rows.get_or_insert(t.dims[0]) != t.dims[0] {
+                return None;
+            }
+        }
+        rows
+    }
+}
+
+/// Runs the worker loop until every sender is gone. `on_batch` sees the
+/// number of items of each forward pass (for the batch size histogram).
+pub fn run_worker(
+    backend: &dyn Backend,
+    jobs: mpsc::Receiver<Job>,
+    max_batch_size: usize,
+    on_batch: impl Fn(usize),
+) {
+    let batching = backend.batchable() && max_batch_size > 1;
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut batch = vec![first];
+        if let (true, Some(mut rows)) = (batching, batch[0].rows()) {
+            while rows < max_batch_size {
+                let Ok(next) = jobs.try_recv() else { break };
+                match next.rows() {
+                    Some(r) if rows + r <= max_batch_size && same_names(&batch[0], &next) => {
+                        rows += r;
+                        batch.push(next);
+                    }
+                    _ => {
+                        carried = Some(next);
+                        break;
+                    }
+                }
+            }
+        }
+        if batch.len() == 1 {
+            let job = batch.pop().unwrap();
+            on_batch(job.rows().unwrap_or(1));
+            let _ = job.reply.send(backend.compute(&job.inputs));
+        } else {
+            run_merged(backend, batch, &on_batch);
+        }
+    }
+}
+
+fn same_names(a: &Job, b: &Job) -> bool {
+    fn names(j: &Job) -> Vec<&str> {
+        let mut n: Vec<&str> = j.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        n.sort_unstable();
+        n
+    }
+    names(a) == names(b)
+}
+
+fn run_merged(backend: &dyn Backend, batch: Vec<Job>, on_batch: &impl Fn(usize)) {
+    let rows: Vec<usize> = batch.iter().map(|j| j.rows().expect("checked when batched")).collect();
+    let total: usize = rows.iter().sum();
+    let seq = batch.iter().flat_map(|j| j.inputs.iter().map(|(_, t)| t.dims[1])).max().unwrap_or(0);
+    let names: Vec<String> = batch[0].inputs.iter().map(|(n, _)| n.clone()).collect();
+    let mut merged = Vec::new();
+    for name in names {
+        let mut values = Vec::with_capacity(total * seq);
+        for i in 0..batch.len() {
+            let t = &batch[i].inputs.iter().find(|(n, _)| *n == name).expect("same names").1;
+            let v = match t.to_i64() {
+                Ok(v) => v,
+                Err(e) => return fail_all(batch, RunnerError::invalid(format!("{name}: {e}"))),
+            };
+            let t = &batch[i].inputs.iter().find(|(n, _)| *n == name).expect("same names").1;
+            let width = t.dims[1];
+            for row in v.chunks(width.max(1)).take(t.dims[0]) {
+                values.extend_from_slice(row);
+                values.resize(values.len() + (seq - width), 0);
+            }
+        }
+        merged.push((name, Tensor::from_i64(vec![total, seq], &values)));
+    }
+    on_batch(total);
+    let outputs = match backend.compute(&merged) {
+        Ok(outputs) => outputs,
+        // One bad call must not fail the others: rerun them one by one.
+        Err(_) => {
+            for job in batch {
+                let _ = job.reply.send(backend.compute(&job.inputs));
+            }
+            return;
+        }
+    };
+    let mut offset = 0;
+    for (job, n) in batch.into_iter().zip(rows) {
+        let mine: Result<Vec<NamedTensor>, RunnerError> = outputs
+            .iter()
+            .map(|(name, t)| split_rows(t, total, offset, n).map(|t| (name.clone(), t)))
+            .collect();
+        offset += n;
+        let _ = job.reply.send(mine);
+    }
+}
+
+/// Rows `offset..offset + n` of a `[total, ...]` tensor.
+fn split_rows(t: &Tensor, total: usize, offset: usize, n: usize) -> Result<Tensor, RunnerError> {
+    if t.dims.first() != Some(&total) || total == 0 {
+        return Err(RunnerError::Runtime(format!(
+            "output of dimensions {:?} has no batch axis of {total}",
+            t.dims
+        )));
+    }
+    let row_bytes = t.data.len() / total;
+    let mut dims = t.dims.clone();
+    dims[0] = n;
+    Ok(Tensor { dims, ty: t.ty, data: t.data[offset * row_bytes..(offset + n) * row_bytes].to_vec() })
+}
+
+fn fail_all(batch: Vec<Job>, error: RunnerError) {
+    for job in batch {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Output row = masked sum of the row's ids; records batch sizes.
+    struct Summer {
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl Backend for Summer {
+        fn describe(&self) -> String {
+            "summer".into()
+        }
+
+        fn batchable(&self) -> bool {
+            true
+        }
+
+        fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
+            let get = |n: &str| inputs.iter().find(|(name, _)| name == n).unwrap().1.clone();
+            let (ids, mask) = (get("input_ids"), get("attention_mask"));
+            let (rows, seq) = (ids.dims[0], ids.dims[1]);
+            self.batches.lock().unwrap().push(rows);
+            let (ids, mask) = (ids.to_i64().unwrap(), mask.to_i64().unwrap());
+            let sums: Vec<f32> = (0..rows)
+                .map(|r| (0..seq).map(|c| (ids[r * seq + c] * mask[r * seq + c]) as f32).sum())
+                .collect();
+            Ok(vec![("sums".into(), Tensor::from_f32(vec![rows, 1], &sums))])
+        }
+    }
+
+    fn call(rows: &[&[i64]]) -> Vec<NamedTensor> {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap();
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.resize(ids.len() + seq - r.len(), 0);
+            mask.extend(std::iter::repeat_n(1, r.len()));
+            mask.resize(mask.len() + seq - r.len(), 0);
+        }
+        let dims = vec![rows.len(), seq];
+        vec![
+            ("input_ids".into(), Tensor::from_i64(dims.clone(), &ids)),
+            ("attention_mask".into(), Tensor::from_i64(dims, &mask)),
+        ]
+    }
+
+    #[test]
+    fn waiting_calls_are_merged_padded_and_split_back() {
+        let backend = Arc::new(Summer { batches: Mutex::new(Vec::new()) });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let submit = |inputs| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(Job { inputs, reply }).unwrap();
+            answer
+        };
+        // Everything waits before the worker starts; max_batch_size is 8 items.
+        let answers = [
+            submit(call(&[&[1, 2]])),                         // 1 item, seq 2
+            submit(call(&[&[10], &[20, 30, 40]])),            // 2 items, seq 3
+            submit(call(&[&[5, 5, 5, 5, 5]])),                // 1 item, seq 5
+            submit(call(&[&[7]])),                            // 1 item: 5 so far
+            submit(call(&[&[1, 1], &[2, 2], &[3, 3], &[4]])), // 4 items: 9 > 8, next batch
+            submit(call(&[&[100]])),                          // 5 in the second batch
+        ];
+        drop(tx);
+        run_worker(backend.as_ref(), rx, 8, |_| {});
+        let results: Vec<Vec<f32>> =
+            answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap()).collect();
+        assert_eq!(
+            results,
+            vec![vec![3.0], vec![10.0, 90.0], vec![25.0], vec![7.0], vec![2.0, 4.0, 6.0, 4.0], vec![100.0]]
+        );
+        assert_eq!(*backend.batches.lock().unwrap(), [5, 5]);
+    }
+
+    #[test]
+    fn max_batch_size_one_never_merges() {
+        let backend = Arc::new(Summer { batches: Mutex::new(Vec::new()) });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut answers = Vec::new();
+        for i in 0..4 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(Job { inputs: call(&[&[i]]), reply }).unwrap();
+            answers.push(answer);
+        }
+        drop(tx);
+        run_worker(backend.as_ref(), rx, 1, |_| {});
+        assert_eq!(*backend.batches.lock().unwrap(), [1, 1, 1, 1]);
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap(), [i as f32]);
+        }
+    }
+}
