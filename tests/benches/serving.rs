@@ -335,6 +335,10 @@ async fn main() {
     }
 
     if let Some(path) = std::env::var_os("WASMBENTO_BENCH_OUT") {
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
         std::fs::write(path, report).unwrap();
     }
 }
