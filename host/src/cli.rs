@@ -189,6 +189,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_request_bytes: args.max_request_bytes,
         runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
         max_batch_size: args.max_batch_size,
+        autoscale_interval: std::time::Duration::from_secs(1),
         admin_token: args.admin_token,
     };
     let server = server::start(store, options).await?;

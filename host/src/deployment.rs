@@ -53,8 +53,13 @@ impl std::str::FromStr for DeploymentSpec {
 pub struct Deployment {
     name: String,
     bento: BentoManifest,
-    component: ServiceComponent,
+    /// `None` at zero replicas: the compiled component is dropped from
+    /// memory and reloaded from the compile cache on wake.
+    component: RwLock<Option<ServiceComponent>>,
+    runtime: Runtime,
+    component_path: std::path::PathBuf,
     loaded: Loaded,
+    replicas: watch::Sender<u32>,
     store: Store,
     config: RwLock<DeploymentConfig>,
     gate: Arc<Gate>,
@@ -131,8 +136,11 @@ impl Deployment {
         let deployment = Deployment {
             name,
             bento,
-            component,
+            component: RwLock::new(Some(component)),
+            runtime: runtime.clone(),
+            component_path: stored.component_path.clone(),
             loaded,
+            replicas: watch::Sender::new(1),
             store: store.clone(),
             config: RwLock::new(config),
             gate,
@@ -195,6 +203,51 @@ impl Deployment {
             Readiness::Loading => Some("loading models".into()),
             Readiness::Failed(message) => Some(message.clone()),
         }
+    }
+
+    /// The linked component, reloaded from the compile cache if it was
+    /// dropped at zero replicas.
+    fn component(&self) -> Result<ServiceComponent> {
+        if let Some(c) = self.component.read().unwrap().as_ref() {
+            return Ok(c.clone());
+        }
+        let mut slot = self.component.write().unwrap();
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let (component, _) = self.runtime.load(&self.component_path, &self.bento.component.digest)?;
+        *slot = Some(component.clone());
+        Ok(component)
+    }
+
+    /// Whether the compiled component is in memory.
+    pub fn component_loaded(&self) -> bool {
+        self.component.read().unwrap().is_some()
+    }
+
+    /// Replicas of the API service now.
+    pub fn replicas(&self) -> u32 {
+        *self.replicas.borrow()
+    }
+
+    /// Watches the replica count.
+    pub fn watch_replicas(&self) -> watch::Receiver<u32> {
+        self.replicas.subscribe()
+    }
+
+    /// Applies a replica count: admission capacity follows at once (fewer
+    /// replicas drain: running calls finish); at zero the compiled component
+    /// is dropped, and it is reloaded (from the cache) when waking.
+    pub fn set_replicas(&self, replicas: u32) -> Result<()> {
+        if replicas > 0 {
+            self.component()?;
+        }
+        self.gate.set_replicas(replicas as usize);
+        if replicas == 0 {
+            *self.component.write().unwrap() = None;
+        }
+        self.replicas.send_replace(replicas);
+        Ok(())
     }
 
     /// The current configuration.
@@ -273,7 +326,8 @@ impl Deployment {
         // is dropped only after the call, whose future owns the instance.
         let _permit = self.gate.admit(deadline).await?;
         let options = CallOptions { deadline, memory_limit: (traffic.memory_limit_mib as usize) << 20 };
-        self.component.call(models, api, input, &options).await.map_err(|failure| match failure {
+        let component = self.component().map_err(|e| CallFailure::Host(format!("{e:#}")))?;
+        component.call(models, api, input, &options).await.map_err(|failure| match failure {
             // The deadline counts from the request's arrival, queueing included.
             CallFailure::Timeout(_) => DeploymentError::Call(CallFailure::Timeout(timeout)),
             other => DeploymentError::Call(other),

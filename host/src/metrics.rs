@@ -38,6 +38,8 @@ pub struct Metrics {
     pub in_progress: Family<ApiLabels, Gauge>,
     /// Items per forward pass, by model (adaptive batching).
     pub batch_size: crate::runner::BatchSizes,
+    /// Replicas by deployment, component and kind (current, desired).
+    pub replicas: crate::scale::controller::ReplicaGauges,
 }
 
 impl Default for Metrics {
@@ -53,7 +55,9 @@ impl Default for Metrics {
         registry.register("request_in_progress", "Requests being handled", in_progress.clone());
         let batch_size = crate::runner::batch_size_family();
         registry.register("runner_batch_size", "Items per forward pass", batch_size.clone());
-        Metrics { registry: Mutex::new(registry), requests, duration, in_progress, batch_size }
+        let replicas = crate::scale::controller::ReplicaGauges::default();
+        registry.register("replicas", "Replicas of each component, current and desired", replicas.clone());
+        Metrics { registry: Mutex::new(registry), requests, duration, in_progress, batch_size, replicas }
     }
 }
 

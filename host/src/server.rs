@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub runtime: RuntimeOptions,
     /// Items per forward pass at most (1 turns batching off).
     pub max_batch_size: usize,
+    /// How often each deployment's autoscaler decides.
+    pub autoscale_interval: std::time::Duration,
     /// Bearer token of the admin API; one is generated (and logged once)
     /// when none is given.
     pub admin_token: Option<String>,
@@ -39,6 +41,7 @@ pub struct RunningServer {
     pub runtime: Runtime,
     /// The loaded models, shared by every deployment.
     pub runners: Arc<Runners>,
+    controllers: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -86,7 +89,16 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             token
         }
     };
+    let replica_gauges = metrics.replicas.clone();
     let state = Arc::new(AppState::new(deployments, metrics, options.max_request_bytes, admin_token));
+    let controllers = state
+        .deployments
+        .values()
+        .map(|d| {
+            let gauges = replica_gauges.clone();
+            tokio::spawn(crate::scale::controller::run(Arc::clone(d), options.autoscale_interval, gauges))
+        })
+        .collect();
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
@@ -99,7 +111,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             })
             .await
     });
-    Ok(RunningServer { addr, state, runtime, runners, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, state, runtime, runners, controllers, shutdown: Some(tx), task })
 }
 
 impl RunningServer {
@@ -113,6 +125,9 @@ impl RunningServer {
 
     /// Stops accepting, finishes in-flight requests and returns.
     pub async fn shutdown(mut self) -> Result<()> {
+        for c in &self.controllers {
+            c.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -122,6 +137,7 @@ impl RunningServer {
 
     /// Serves until the task ends (e.g. on a signal handled by the caller).
     pub async fn join(self) -> Result<()> {
+        // Controllers run as long as the server.
         self.task.await??;
         Ok(())
     }

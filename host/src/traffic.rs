@@ -73,7 +73,14 @@ struct Waiter {
 }
 
 struct State {
+    /// `max_concurrency`: slots per replica (`None`: unbounded).
+    per_replica: Option<usize>,
+    /// Replicas the autoscaler granted; zero admits nothing (requests wait).
+    replicas: usize,
+    /// Slots in all: `per_replica × replicas`, derived.
     limit: Option<usize>,
+    /// Requests admitted so far (for the request rate).
+    admitted: u64,
     queue: QueueConfig,
     running: usize,
     waiting: VecDeque<Waiter>,
@@ -85,6 +92,15 @@ struct State {
 /// The admission gate of one component.
 pub struct Gate {
     state: Mutex<State>,
+    /// Signalled when a request starts waiting, so an autoscaler can wake a
+    /// component at zero at once instead of at its next tick.
+    pub waiting_started: tokio::sync::Notify,
+}
+
+impl State {
+    fn set_limit(&mut self) {
+        self.limit = if self.replicas == 0 { Some(0) } else { self.per_replica.map(|p| p * self.replicas) };
+    }
 }
 
 /// A running slot; dropping it lets the next waiting request run.
@@ -96,27 +112,47 @@ pub struct Permit {
 }
 
 impl Gate {
-    /// A gate allowing `max_concurrency` at once (`None`: no limit, no queue).
+    /// A gate allowing `max_concurrency` at once per replica, with one
+    /// replica (`None`: no limit, no queue while there are replicas).
     pub fn new(max_concurrency: Option<u32>, queue: QueueConfig) -> Arc<Gate> {
-        Arc::new(Gate {
-            state: Mutex::new(State {
-                limit: max_concurrency.map(|n| n as usize),
-                queue,
-                running: 0,
-                waiting: VecDeque::new(),
-                next_id: 0,
-                service_time: 0.0,
-            }),
-        })
+        let mut state = State {
+            per_replica: max_concurrency.map(|n| n as usize),
+            replicas: 1,
+            limit: None,
+            admitted: 0,
+            queue,
+            running: 0,
+            waiting: VecDeque::new(),
+            next_id: 0,
+            service_time: 0.0,
+        };
+        state.set_limit();
+        Arc::new(Gate { state: Mutex::new(state), waiting_started: tokio::sync::Notify::new() })
     }
 
     /// Changes the limits in place; waiting requests keep their places, and
     /// a raised limit lets them run at once.
     pub fn reconfigure(self: &Arc<Self>, max_concurrency: Option<u32>, queue: QueueConfig) {
         let mut state = self.state.lock().unwrap();
-        state.limit = max_concurrency.map(|n| n as usize);
+        state.per_replica = max_concurrency.map(|n| n as usize);
         state.queue = queue;
+        state.set_limit();
         self.dispatch(&mut state);
+    }
+
+    /// Sets the replica count: capacity becomes `replicas × max_concurrency`.
+    /// Fewer replicas take effect as running requests finish (they drain;
+    /// none is stopped); zero admits nothing and requests wait.
+    pub fn set_replicas(self: &Arc<Self>, replicas: usize) {
+        let mut state = self.state.lock().unwrap();
+        state.replicas = replicas;
+        state.set_limit();
+        self.dispatch(&mut state);
+    }
+
+    /// Requests admitted since the gate was made.
+    pub fn admitted(&self) -> u64 {
+        self.state.lock().unwrap().admitted
     }
 
     /// Requests running now.
@@ -136,6 +172,7 @@ impl Gate {
             let mut state = self.state.lock().unwrap();
             if state.limit.is_none_or(|limit| state.running < limit) {
                 state.running += 1;
+                state.admitted += 1;
                 return Ok(self.permit());
             }
             // Requests that went away while waiting do not hold places.
@@ -152,6 +189,7 @@ impl Gate {
             state.waiting.push_back(Waiter { id, deadline, grant: tx });
             (id, rx)
         };
+        self.waiting_started.notify_one();
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(granted)) => granted,
             // Timed out (a permit granted meanwhile went back with the channel).
@@ -195,6 +233,8 @@ impl Gate {
                 // The request went away: the slot was never taken.
                 undelivered.armed = false;
                 state.running -= 1;
+            } else {
+                state.admitted += 1;
             }
         }
     }
@@ -219,7 +259,7 @@ impl Drop for Permit {
 /// Seconds until a retry may find room: the queue drained at the observed
 /// rate, at least one.
 fn retry_after(state: &State) -> Duration {
-    let slots = state.limit.unwrap_or(1).max(1) as f64;
+    let slots = state.limit.unwrap_or(1).max(1) as f64; // at zero: as if one replica
     let seconds = (state.waiting.len() as f64 * state.service_time / slots).ceil();
     Duration::from_secs(seconds.clamp(1.0, 3600.0) as u64)
 }
@@ -357,6 +397,20 @@ mod tests {
         drop(held);
         assert_eq!(gate.running(), 0, "the departed waiter kept a slot");
         drop(gate.admit(far).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn zero_replicas_hold_requests_until_capacity_returns() {
+        let gate = Gate::new(None, queue(4, Strategy::Fifo));
+        gate.set_replicas(0);
+        let far = Instant::now() + Duration::from_secs(5);
+        let g = Arc::clone(&gate);
+        let held = tokio::spawn(async move { g.admit(far).await.map(drop) });
+        gate.waiting_started.notified().await;
+        assert_eq!((gate.running(), gate.waiting()), (0, 1));
+        gate.set_replicas(1);
+        held.await.unwrap().unwrap();
+        assert_eq!(gate.admitted(), 1);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! Kubernetes HPA across machines.
 
 pub mod autoscaler;
+pub mod controller;
 pub mod policy;
 
 pub use autoscaler::{Autoscaler, Decision, Observation};

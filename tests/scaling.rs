@@ -1,0 +1,103 @@
+//! The API service scales with its policy: to zero after idle (dropping the
+//! compiled component), back at once on the first request (which waits in
+//! the cold-start buffer), up under a burst, with every change an event.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmbento::deployment::DeploymentSpec;
+use wasmbento::manifest::Traffic;
+use wasmbento_tests::{ADMIN_TOKEN, build_plugin, serve_options, temp_store};
+
+async fn wait_replicas(d: &wasmbento::deployment::Deployment, n: u32) {
+    let mut rx = d.watch_replicas();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r == n))
+        .await
+        .unwrap_or_else(|_| panic!("replicas never reached {n}; events: {:?}", d.events()))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let mut options = serve_options(&[]);
+    let traffic = Traffic { timeout: 10.0, max_concurrency: Some(1), ..Traffic::default() };
+    options.deployments = vec![DeploymentSpec {
+        bento: "misbehave".parse().unwrap(),
+        name: Some("m".into()),
+        traffic: Some(traffic),
+    }];
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+    assert_eq!(d.replicas(), 1);
+
+    let policy = json!({"min_replicas": 0, "max_replicas": 2, "scale_to_zero_after": 0.3,
+        "policy": {"metrics": [{"type": "concurrency", "value": 1}], "scale_down_stabilization_window": 0.5}});
+    let res = http
+        .put(format!("{base}/admin/v1/deployments/m/scaling"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Idle: to zero, and the compiled component leaves memory.
+    wait_replicas(&d, 0).await;
+    assert!(!d.component_loaded());
+
+    // The first request wakes it and is served.
+    let sleep = |ms: u64, tag: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/m/sleep"));
+        tokio::spawn(async move {
+            http.post(url).json(&json!({"ms": ms, "tag": tag})).send().await.unwrap().status()
+        })
+    };
+    assert_eq!(sleep(1, "wake").await.unwrap(), StatusCode::OK);
+    assert!(d.replicas() >= 1 && d.component_loaded());
+
+    // A burst of two long calls against one slot per replica: a second replica.
+    let (a, b) = (sleep(600, "a"), sleep(600, "b"));
+    wait_replicas(&d, 2).await;
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+
+    // Idle again: back to zero; every change was an event with its reason.
+    wait_replicas(&d, 0).await;
+    let scale_events: Vec<String> =
+        d.events().into_iter().filter(|e| e.kind == "scale").map(|e| e.message).collect();
+    assert!(
+        scale_events.iter().any(|m| m.starts_with("api replicas 1 → 0") && m.contains("scale_to_zero_after")),
+        "{scale_events:?}"
+    );
+    assert!(
+        scale_events.iter().any(|m| m.starts_with("api replicas 0 → 1") && m.contains("woke from zero")),
+        "{scale_events:?}"
+    );
+    assert!(
+        scale_events.iter().any(|m| m.starts_with("api replicas 1 → 2") && m.contains("concurrency")),
+        "{scale_events:?}"
+    );
+
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"wasmbento_replicas{deployment="m",component="api",kind="current"} 0"#),
+        "{metrics}"
+    );
+    let (_, events): (StatusCode, Value) = {
+        let res = http
+            .get(format!("{base}/admin/v1/deployments/m/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap())
+    };
+    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "scale"));
+    server.shutdown().await.unwrap();
+}
