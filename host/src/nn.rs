@@ -74,7 +74,9 @@ fn to_element(ty: tensor::TensorType) -> ElementType {
         T::I64 => ElementType::I64,
         T::I32 => ElementType::I32,
         T::U8 => ElementType::U8,
-        T::Fp16 | T::Fp64 | T::Bf16 => ElementType::Other,
+        T::Fp16 => ElementType::F16,
+        T::Bf16 => ElementType::BF16,
+        T::Fp64 => ElementType::F64,
     }
 }
 
@@ -85,8 +87,9 @@ fn from_element(ty: ElementType) -> tensor::TensorType {
         ElementType::I64 => T::I64,
         ElementType::I32 => T::I32,
         ElementType::U8 => T::U8,
-        // Never produced by our runners.
-        ElementType::Other => T::Fp16,
+        ElementType::F16 => T::Fp16,
+        ElementType::BF16 => T::Bf16,
+        ElementType::F64 => T::Fp64,
     }
 }
 

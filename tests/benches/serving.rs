@@ -304,6 +304,48 @@ async fn main() {
         line(format!("| {n} | {f:.3} | {c:.3} | {:.3} | {o:.3} | {t:.3} |", c / f));
     }
 
+    // ---- 2b. scale from zero: hello's first request after zero vs warm ----
+    {
+        let server = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
+        server.wait_ready().await.unwrap();
+        let d = Arc::clone(&server.state.deployments["hello"]);
+        let mut policy = wasmbento::scale::ScalingPolicy::default();
+        policy.min_replicas = 0;
+        d.set_scaling(policy).unwrap();
+        let url = format!("http://{}/hello/greet", server.addr);
+        let http = reqwest::Client::new();
+        let call = || async {
+            let t = Instant::now();
+            let res = http.post(&url).json(&json!({"name": "bench"})).send().await.unwrap();
+            assert!(res.status().is_success());
+            res.bytes().await.unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        for _ in 0..20 {
+            call().await;
+        }
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for _ in 0..30 {
+            d.set_replicas(0).unwrap();
+            assert!(!d.component_loaded());
+            cold.push(call().await);
+            warm.push(call().await);
+        }
+        let (c, w) = (median(cold), median(warm));
+        line(String::new());
+        line("## hello over HTTP: first request at zero replicas vs a warm request (median of 30)".into());
+        line(
+            "At zero the compiled component is out of memory; the request waits, wakes the autoscaler,"
+                .into(),
+        );
+        line("the component is reloaded from the compile cache, and the call runs.".into());
+        line(String::new());
+        line("| from zero (ms) | warm (ms) | ratio |".into());
+        line("|---|---|---|".into());
+        line(format!("| {c:.3} | {w:.3} | {:.2} |", c / w));
+        server.shutdown().await.unwrap();
+    }
+
     // ---- 3. embedder over HTTP: batching on vs off, vs candle directly ----
     line(String::new());
     line("## embedder over HTTP: one sentence per request, 5 s per point".into());

@@ -46,18 +46,20 @@ pub enum ElementType {
     I64,
     I32,
     U8,
-    /// Types that can be carried but not computed on here (FP16, BF16, FP64).
-    Other,
+    /// Carried through, not computed on by today's backends.
+    F16,
+    BF16,
+    F64,
 }
 
 impl ElementType {
-    /// Bytes per element, where known.
-    pub fn size(self) -> Option<usize> {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
         match self {
-            ElementType::F32 | ElementType::I32 => Some(4),
-            ElementType::I64 => Some(8),
-            ElementType::U8 => Some(1),
-            ElementType::Other => None,
+            ElementType::F32 | ElementType::I32 => 4,
+            ElementType::I64 | ElementType::F64 => 8,
+            ElementType::F16 | ElementType::BF16 => 2,
+            ElementType::U8 => 1,
         }
     }
 }
@@ -119,16 +121,14 @@ impl Tensor {
 
     /// Checks that the data length matches dimensions × element size.
     pub fn check_len(&self) -> Result<(), String> {
-        if let Some(size) = self.ty.size() {
-            let expected = self.len().checked_mul(size).ok_or("tensor dimensions overflow")?;
-            if expected != self.data.len() {
-                return Err(format!(
-                    "tensor data holds {} bytes, dimensions {:?} of {:?} need {expected}",
-                    self.data.len(),
-                    self.dims,
-                    self.ty
-                ));
-            }
+        let expected = self.len().checked_mul(self.ty.size()).ok_or("tensor dimensions overflow")?;
+        if expected != self.data.len() {
+            return Err(format!(
+                "tensor data holds {} bytes, dimensions {:?} of {:?} need {expected}",
+                self.data.len(),
+                self.dims,
+                self.ty
+            ));
         }
         Ok(())
     }
