@@ -60,6 +60,8 @@ pub struct Deployment {
     component_path: std::path::PathBuf,
     loaded: Loaded,
     replicas: watch::Sender<u32>,
+    /// `wasmbento_replicas{kind="current"}`, set before watchers hear of a change.
+    replicas_gauge: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
     store: Store,
     config: RwLock<DeploymentConfig>,
     gate: Arc<Gate>,
@@ -141,6 +143,7 @@ impl Deployment {
             component_path: stored.component_path.clone(),
             loaded,
             replicas: watch::Sender::new(1),
+            replicas_gauge: std::sync::OnceLock::new(),
             store: store.clone(),
             config: RwLock::new(config),
             gate,
@@ -246,8 +249,17 @@ impl Deployment {
         if replicas == 0 {
             *self.component.write().unwrap() = None;
         }
+        if let Some(gauge) = self.replicas_gauge.get() {
+            gauge.set(replicas as i64);
+        }
         self.replicas.send_replace(replicas);
         Ok(())
+    }
+
+    /// Reports the replica count into `gauge` from now on.
+    pub fn report_replicas(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        gauge.set(self.replicas() as i64);
+        let _ = self.replicas_gauge.set(gauge);
     }
 
     /// The current configuration.

@@ -49,7 +49,8 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
             })
             .clone()
     };
-    let (current_gauge, desired_gauge) = (gauge("current"), gauge("desired"));
+    deployment.report_replicas(gauge("current"));
+    let desired_gauge = gauge("desired");
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -86,6 +87,5 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
                     .record("scale-failed", format!("could not apply {} replicas: {e:#}", decision.desired)),
             }
         }
-        current_gauge.set(deployment.replicas() as i64);
     }
 }
