@@ -53,7 +53,7 @@ async fn misbehaving_guests_fail_alone() {
     let took = started.elapsed();
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(error_message(&body).contains("did not answer within"), "{body}");
-    assert!(took >= timeout && took < timeout + Duration::from_millis(500), "took {took:?}");
+    assert!(took >= timeout && took < timeout + Duration::from_millis(750), "took {took:?}");
     healthy().await;
 
     // Two loops at once do not starve other calls: the loops yield.
