@@ -145,6 +145,30 @@ async fn a_model_that_fails_to_load_keeps_the_deployment_unready() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_runners_latency_objective_is_a_503() {
+    let (_home, store) = temp_store();
+    import_tiny_bert(&store, MODEL, 5);
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    let mut options = serve_options(&["embedder"]);
+    // No forward pass fits in a microsecond: once the runner has timed one
+    // batch, every call is predicted to be late.
+    options.max_latency = Some(std::time::Duration::from_micros(1));
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    let (s, body) = encode(&http, &base, texts(&["a dog"])).await;
+    assert_eq!(s, StatusCode::OK, "{body}"); // nothing observed yet
+    let res = http.post(format!("{base}/embedder/encode")).json(&texts(&["a dog"])).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let m = error_message(&res.json().await.unwrap());
+    assert!(m.contains("overloaded") && m.contains("latency objective"), "{m}");
+    server.shutdown().await.unwrap();
+}
+
 /// The all-MiniLM-L6-v2 directory: `WASMBENTO_MINILM_DIR`, or the Python package.
 fn minilm_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WASMBENTO_MINILM_DIR") {

@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// Items per forward pass at most when runners batch concurrent calls (1: no batching).
     #[arg(long, default_value_t = crate::runner::DEFAULT_MAX_BATCH_SIZE)]
     pub max_batch_size: usize,
+    /// A runner's latency objective per call, in ms: calls that would finish
+    /// later fail at once with 503 (BentoML's max_latency_ms).
+    #[arg(long, default_value_t = 60_000)]
+    pub max_latency_ms: u64,
     /// Allocate instances on demand instead of from a pool.
     #[arg(long)]
     pub no_pooling: bool,
@@ -189,6 +193,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_request_bytes: args.max_request_bytes,
         runtime: RuntimeOptions { pooling: !args.no_pooling, max_instances: args.max_instances },
         max_batch_size: args.max_batch_size,
+        max_latency: Some(std::time::Duration::from_millis(args.max_latency_ms)),
         autoscale_interval: std::time::Duration::from_secs(1),
         admin_token: args.admin_token,
     };

@@ -120,6 +120,10 @@ impl From<DeploymentError> for ApiError {
                 CallFailure::BadInput(_) => StatusCode::BAD_REQUEST,
                 CallFailure::UnknownApi(_) => StatusCode::NOT_FOUND,
                 CallFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                CallFailure::Overloaded(_) => {
+                    retry_after = Some(1);
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 CallFailure::Internal(_)
                 | CallFailure::Trap(_)
                 | CallFailure::MemoryLimit { .. }

@@ -191,6 +191,9 @@ pub enum CallFailure {
     /// The instance tried to grow its memory past the limit (500).
     #[error("the service exceeded its memory limit of {limit_mib} MiB and was stopped")]
     MemoryLimit { limit_mib: u64 },
+    /// A runner refused a model call to keep its latency objective (503).
+    #[error("the model is overloaded: {0}")]
+    Overloaded(String),
     /// The deadline passed; the instance was interrupted (504).
     #[error("the service did not answer within its timeout ({0:.1?}) and was stopped")]
     Timeout(Duration),
@@ -226,6 +229,11 @@ impl ServiceComponent {
         let guest_output = output.text();
         if !guest_output.is_empty() {
             tracing::debug!(api, output = %guest_output, "guest output");
+        }
+        // However the guest reported it, a refused model call is a 503.
+        if let (Some(why), Err(_) | Ok(Err(_)) | Ok(Ok(Err(_)))) = (store.data().overloaded.clone(), &outcome)
+        {
+            return Err(CallFailure::Overloaded(why));
         }
         match outcome {
             Err(_) => Err(CallFailure::Timeout(started.elapsed())),
@@ -263,6 +271,7 @@ impl ServiceComponent {
             table: ResourceTable::new(),
             limiter: MemoryLimiter { limit: options.memory_limit, hit: false },
             models,
+            overloaded: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -312,6 +321,8 @@ pub struct HostState {
     limiter: MemoryLimiter,
     /// The models this bento declared, by the names the guest uses.
     pub(crate) models: Arc<ModelSet>,
+    /// Set when a runner refused a call to keep its latency objective.
+    pub(crate) overloaded: Option<String>,
 }
 
 impl WasiView for HostState {

@@ -213,6 +213,11 @@ impl inference::HostGraphExecutionContext for HostState {
             }
             Err(RunnerError::InvalidInput(m)) => self.nn_error(errors::ErrorCode::InvalidArgument, m),
             Err(RunnerError::Runtime(m)) => self.nn_error(errors::ErrorCode::RuntimeError, m),
+            Err(RunnerError::Overloaded(m)) => {
+                // The guest sees a wasi:nn error; the host answers 503 for the call.
+                self.overloaded = Some(m.clone());
+                self.nn_error(errors::ErrorCode::RuntimeError, format!("overloaded: {m}"))
+            }
         }
     }
 

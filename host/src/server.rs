@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub runtime: RuntimeOptions,
     /// Items per forward pass at most (1 turns batching off).
     pub max_batch_size: usize,
+    /// A runner's latency objective per call (BentoML's `max_latency_ms`).
+    pub max_latency: Option<std::time::Duration>,
     /// How often each deployment's autoscaler decides.
     pub autoscale_interval: std::time::Duration,
     /// Bearer token of the admin API; one is generated (and logged once)
@@ -55,7 +57,9 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     let runtime = Runtime::new(&options.runtime, &store.compiled_cache_dir())?;
     tracing::info!(pooling = runtime.pooling(), "engine ready");
     let metrics = crate::metrics::Metrics::default();
-    let runners = Arc::new(Runners::new(metrics.batch_size.clone(), options.max_batch_size));
+    let batching =
+        crate::runner::Batching { max_batch_size: options.max_batch_size, max_latency: options.max_latency };
+    let runners = Arc::new(Runners::new(metrics.batch_size.clone(), batching));
 
     let mut deployments = BTreeMap::new();
     let mut pending = Vec::new();

@@ -240,7 +240,10 @@ async fn main() {
     // ---- 2. embedder: host overhead vs candle directly ----
     let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
     let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
-    let runners = Runners::new(wasmbento::runner::batch_size_family(), 1);
+    let runners = Runners::new(
+        wasmbento::runner::batch_size_family(),
+        wasmbento::runner::Batching { max_batch_size: 1, max_latency: None },
+    );
     let runner = runners.get_or_load(&model).await.unwrap();
     let models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
@@ -262,6 +265,7 @@ async fn main() {
         Arc::new(NoForward { hidden: 384 }),
         Some(wasmbento::runner::TextTokenizer::load(&model.dir).unwrap()),
         1,
+        None,
         &wasmbento::runner::batch_size_family(),
     ));
     let no_forward_models =

@@ -53,6 +53,7 @@ pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
         max_request_bytes: 64 * 1024,
         runtime: RuntimeOptions { pooling: true, max_instances: 64 },
         max_batch_size: wasmbento::runner::DEFAULT_MAX_BATCH_SIZE,
+        max_latency: None,
         autoscale_interval: std::time::Duration::from_millis(50),
         admin_token: Some(ADMIN_TOKEN.into()),
     }

@@ -12,8 +12,16 @@
 //! zeros, which the attention mask (also padded with zeros) hides from
 //! attention and pooling, so every call gets the result it would get alone.
 //! Outputs are split back by rows. Calls that cannot be merged run alone.
+//!
+//! A latency objective (`max_latency`, BentoML's `max_latency_ms`) is kept
+//! with BentoML's cost model: a batch of `n` items takes `o_a·n + o_b`,
+//! fitted by least squares to the batches actually run. A call whose wait so
+//! far plus its predicted batch time exceeds the objective fails at once
+//! ([`RunnerError::Overloaded`], HTTP 503) instead of running late.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use super::{Backend, ElementType, NamedTensor, RunnerError, Tensor};
 
@@ -21,6 +29,43 @@ use super::{Backend, ElementType, NamedTensor, RunnerError, Tensor};
 pub struct Job {
     pub inputs: Vec<NamedTensor>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<NamedTensor>, RunnerError>>,
+    pub arrived: Instant,
+}
+
+/// `seconds = a·items + b`, fitted to recent batches.
+#[derive(Debug, Default)]
+pub struct CostModel {
+    samples: VecDeque<(f64, f64)>,
+    fit: Option<(f64, f64)>,
+}
+
+/// Batches the fit looks back on.
+const COST_SAMPLES: usize = 64;
+
+impl CostModel {
+    /// Records that a batch of `items` took `took`.
+    pub fn observe(&mut self, items: usize, took: Duration) {
+        if self.samples.len() == COST_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((items as f64, took.as_secs_f64()));
+        let n = self.samples.len() as f64;
+        let (sx, sy) = self.samples.iter().fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
+        let (mx, my) = (sx / n, sy / n);
+        let (sxx, sxy) = self
+            .samples
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (x - mx), b + (x - mx) * (y - my)));
+        // With one batch size seen so far, all of the time is per item.
+        let a = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { my / mx.max(1.0) };
+        let b = (my - a * mx).max(0.0);
+        self.fit = Some((a, b));
+    }
+
+    /// Predicted time of a batch of `items`; `None` before any observation.
+    pub fn predict(&self, items: usize) -> Option<Duration> {
+        self.fit.map(|(a, b)| Duration::from_secs_f64(a * items as f64 + b))
+    }
 }
 
 impl Job {
@@ -45,10 +90,12 @@ pub fn run_worker(
     backend: &dyn Backend,
     jobs: mpsc::Receiver<Job>,
     max_batch_size: usize,
+    max_latency: Option<Duration>,
     on_batch: impl Fn(usize),
 ) {
     let batching = backend.batchable() && max_batch_size > 1;
     let mut carried: Option<Job> = None;
+    let mut cost = CostModel::default();
     loop {
         let first = match carried.take() {
             Some(job) => job,
@@ -73,14 +120,40 @@ pub fn run_worker(
                 }
             }
         }
-        if batch.len() == 1 {
-            let job = batch.pop().unwrap();
-            on_batch(job.rows().unwrap_or(1));
-            let _ = job.reply.send(backend.compute(&job.inputs));
+        if let Some(max) = max_latency {
+            batch = reject_late(batch, &cost, max, Instant::now());
+        }
+        let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
+        let started = Instant::now();
+        match batch.len() {
+            0 => continue,
+            1 => {
+                let job = batch.pop().unwrap();
+                on_batch(items);
+                let _ = job.reply.send(backend.compute(&job.inputs));
+            }
+            _ => run_merged(backend, batch, &on_batch),
+        }
+        cost.observe(items, started.elapsed());
+    }
+}
+
+/// Fails the calls that would finish past `max` after arrival, keeping the rest.
+fn reject_late(batch: Vec<Job>, cost: &CostModel, max: Duration, now: Instant) -> Vec<Job> {
+    let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
+    let Some(predicted) = cost.predict(items) else { return batch };
+    let mut kept = Vec::with_capacity(batch.len());
+    for job in batch {
+        let waited = now.saturating_duration_since(job.arrived);
+        if waited + predicted > max {
+            let _ = job.reply.send(Err(RunnerError::Overloaded(format!(
+                "waited {waited:.1?} and a batch would take about {predicted:.1?}: past the {max:.1?} latency objective"
+            ))));
         } else {
-            run_merged(backend, batch, &on_batch);
+            kept.push(job);
         }
     }
+    kept
 }
 
 fn same_names(a: &Job, b: &Job) -> bool {
@@ -212,7 +285,7 @@ mod tests {
         let (tx, rx) = mpsc::channel::<Job>();
         let submit = |inputs| {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job { inputs, reply }).unwrap();
+            tx.send(Job { inputs, reply, arrived: Instant::now() }).unwrap();
             answer
         };
         // Everything waits before the worker starts; max_batch_size is 8 items.
@@ -225,7 +298,7 @@ mod tests {
             submit(call(&[&[100]])),                          // 5 in the second batch
         ];
         drop(tx);
-        run_worker(backend.as_ref(), rx, 8, |_| {});
+        run_worker(backend.as_ref(), rx, 8, None, |_| {});
         let results: Vec<Vec<f32>> =
             answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap()).collect();
         assert_eq!(
@@ -242,14 +315,50 @@ mod tests {
         let mut answers = Vec::new();
         for i in 0..4 {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job { inputs: call(&[&[i]]), reply }).unwrap();
+            tx.send(Job { inputs: call(&[&[i]]), reply, arrived: Instant::now() }).unwrap();
             answers.push(answer);
         }
         drop(tx);
-        run_worker(backend.as_ref(), rx, 1, |_| {});
+        run_worker(backend.as_ref(), rx, 1, None, |_| {});
         assert_eq!(*backend.batches.lock().unwrap(), [1, 1, 1, 1]);
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap(), [i as f32]);
         }
+    }
+
+    #[test]
+    fn the_cost_model_fits_a_line_through_batches() {
+        let mut cost = CostModel::default();
+        assert_eq!(cost.predict(4), None);
+        cost.observe(4, Duration::from_millis(40));
+        // One size seen: all of it per item.
+        assert_eq!(cost.predict(8), Some(Duration::from_millis(80)));
+        for (n, ms) in [(1, 13), (8, 41), (16, 77), (32, 149)] {
+            cost.observe(n, Duration::from_millis(ms));
+        }
+        // Least squares over all five: 4.2104 ms per item plus 12.6326 ms.
+        let p = cost.predict(24).unwrap().as_secs_f64() * 1e3;
+        assert!((p - 113.683).abs() < 0.01, "{p}");
+    }
+
+    #[test]
+    fn a_call_that_cannot_meet_the_objective_fails_fast() {
+        let mut cost = CostModel::default();
+        cost.observe(1, Duration::from_millis(100));
+        let now = Instant::now();
+        let job = |waited_ms: u64| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            (Job { inputs: call(&[&[1]]), reply, arrived: now - Duration::from_millis(waited_ms) }, answer)
+        };
+        let ((fresh, fresh_answer), (stale, stale_answer)) = (job(0), job(900));
+        // Two items: about 200 ms; the stale one has waited 900 ms of 1 s.
+        let kept = reject_late(vec![fresh, stale], &cost, Duration::from_secs(1), now);
+        assert_eq!(kept.len(), 1);
+        match stale_answer.blocking_recv().unwrap() {
+            Err(RunnerError::Overloaded(m)) => assert!(m.contains("latency objective"), "{m}"),
+            other => panic!("expected Overloaded, got {:?}", other.map(|_| ())),
+        }
+        drop(kept);
+        assert!(fresh_answer.blocking_recv().is_err(), "the kept call was not answered by reject_late");
     }
 }

@@ -143,6 +143,10 @@ pub enum RunnerError {
     /// The backend failed (`runtime-error`).
     #[error("runtime error: {0}")]
     Runtime(String),
+    /// The call could not meet the runner's latency objective and was not
+    /// run (HTTP 503).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl RunnerError {
@@ -196,7 +200,7 @@ pub struct Runner {
 
 impl Runner {
     /// Loads the model in `dir` with the backend that fits it.
-    pub fn load(tag: Tag, dir: &Path, max_batch_size: usize, batch_sizes: &BatchSizes) -> Result<Runner> {
+    pub fn load(tag: Tag, dir: &Path, batching: &Batching, batch_sizes: &BatchSizes) -> Result<Runner> {
         if !bert::is_bert_dir(dir) {
             bail!(
                 "model {tag}: no backend for this model (only BERT-family encoders with config.json are supported)"
@@ -205,7 +209,14 @@ impl Runner {
         let backend: Arc<dyn Backend> = Arc::new(bert::BertEncoder::load(dir)?);
         let tokenizer =
             if dir.join("tokenizer.json").is_file() { Some(TextTokenizer::load(dir)?) } else { None };
-        Ok(Runner::with_backend(tag, backend, tokenizer, max_batch_size, batch_sizes))
+        Ok(Runner::with_backend(
+            tag,
+            backend,
+            tokenizer,
+            batching.max_batch_size,
+            batching.max_latency,
+            batch_sizes,
+        ))
     }
 
     /// A runner around an existing backend (for other backends and tests).
@@ -214,6 +225,7 @@ impl Runner {
         backend: Arc<dyn Backend>,
         tokenizer: Option<TextTokenizer>,
         max_batch_size: usize,
+        max_latency: Option<std::time::Duration>,
         batch_sizes: &BatchSizes,
     ) -> Runner {
         let (jobs, queue) = mpsc::channel();
@@ -222,7 +234,7 @@ impl Runner {
         std::thread::Builder::new()
             .name(format!("runner {tag}"))
             .spawn(move || {
-                batcher::run_worker(worker_backend.as_ref(), queue, max_batch_size, |n| {
+                batcher::run_worker(worker_backend.as_ref(), queue, max_batch_size, max_latency, |n| {
                     histogram.observe(n as f64)
                 })
             })
@@ -247,7 +259,7 @@ impl Runner {
     pub async fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, RunnerError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(batcher::Job { inputs, reply })
+            .send(batcher::Job { inputs, reply, arrived: std::time::Instant::now() })
             .map_err(|_| RunnerError::Runtime("the runner's worker has stopped".into()))?;
         answer.await.unwrap_or_else(|_| Err(RunnerError::Runtime("the runner's worker panicked".into())))
     }
@@ -262,14 +274,34 @@ impl Runner {
 pub struct Runners {
     loaded: Mutex<HashMap<Tag, Arc<OnceCell<Arc<Runner>>>>>,
     batch_sizes: BatchSizes,
-    max_batch_size: usize,
+    batching: Batching,
+}
+
+/// How runners batch.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Items per forward pass at most (1: no batching).
+    pub max_batch_size: usize,
+    /// Latency objective per call, arrival to result (`None`: none).
+    pub max_latency: Option<std::time::Duration>,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        // BentoML's max_latency_ms default: 60 s.
+        Batching {
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            max_latency: Some(std::time::Duration::from_secs(60)),
+        }
+    }
 }
 
 impl Runners {
-    /// Runners batching up to `max_batch_size` items (1: no batching) and
-    /// reporting their batch sizes into `batch_sizes`.
-    pub fn new(batch_sizes: BatchSizes, max_batch_size: usize) -> Runners {
-        Runners { loaded: Mutex::default(), batch_sizes, max_batch_size: max_batch_size.max(1) }
+    /// Runners batching as `batching` says and reporting their batch sizes
+    /// into `batch_sizes`.
+    pub fn new(batch_sizes: BatchSizes, mut batching: Batching) -> Runners {
+        batching.max_batch_size = batching.max_batch_size.max(1);
+        Runners { loaded: Mutex::default(), batch_sizes, batching }
     }
 
     /// The runner for a stored model, loading it on first use. Concurrent
@@ -282,8 +314,8 @@ impl Runners {
                 let dir = model.dir.clone();
                 let tag2 = tag.clone();
                 let started = std::time::Instant::now();
-                let (sizes, max) = (self.batch_sizes.clone(), self.max_batch_size);
-                let runner = tokio::task::spawn_blocking(move || Runner::load(tag2, &dir, max, &sizes)).await??;
+                let (sizes, batching) = (self.batch_sizes.clone(), self.batching.clone());
+                let runner = tokio::task::spawn_blocking(move || Runner::load(tag2, &dir, &batching, &sizes)).await??;
                 tracing::info!(model = %tag, took_ms = started.elapsed().as_millis() as u64, backend = %runner.describe(), "model loaded");
                 anyhow::Ok(Arc::new(runner))
             })
