@@ -164,13 +164,7 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Api
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "the request body must be a JSON object"));
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    })
+    crate::json::decode(body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))
 }
 
 fn internal(e: anyhow::Error) -> ApiError {

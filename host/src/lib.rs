@@ -21,6 +21,7 @@ pub mod deployment;
 pub mod http;
 pub mod hub;
 pub mod instance;
+pub mod json;
 pub mod manifest;
 pub mod metrics;
 pub mod nn;

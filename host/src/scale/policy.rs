@@ -225,12 +225,7 @@ pub struct PolicyError(pub String);
 impl ScalingPolicy {
     /// Parses and validates a policy; errors name the field (`policy.metrics[0].value`).
     pub fn from_json(text: &[u8]) -> Result<ScalingPolicy, PolicyError> {
-        let mut de = serde_json::Deserializer::from_slice(text);
-        let policy: ScalingPolicy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            PolicyError(if path == "." { inner.to_string() } else { format!("{path}: {inner}") })
-        })?;
+        let policy: ScalingPolicy = crate::json::decode(text).map_err(PolicyError)?;
         policy.validate()?;
         Ok(policy)
     }
