@@ -13,6 +13,11 @@
 //!
 //! Each change is an event with its reason (admin API, logs) and the
 //! desired and current counts are Prometheus gauges.
+//!
+//! The `cpu` (percent of one core) and `memory` (MiB resident) metrics are
+//! the host process's, via sysinfo: every deployment in the process sees the
+//! same totals, which suits the one-deployment-per-host setups that scale
+//! across machines on Kubernetes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +39,48 @@ pub struct ReplicaLabels {
     pub kind: String,
 }
 
+/// The host process's CPU and memory use.
+pub struct ProcessUsage {
+    system: sysinfo::System,
+    pid: Option<sysinfo::Pid>,
+    /// Process CPU time and wall time at the previous sample.
+    last: (Duration, Instant),
+}
+
+impl Default for ProcessUsage {
+    fn default() -> Self {
+        ProcessUsage {
+            system: sysinfo::System::new(),
+            pid: sysinfo::get_current_pid().ok(),
+            last: (process_cpu_time(), Instant::now()),
+        }
+    }
+}
+
+/// CPU time used by this process so far (all threads).
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0;
+    if ok { Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32) } else { Duration::ZERO }
+}
+
+impl ProcessUsage {
+    /// CPU in percent of one core since the previous sample, and resident
+    /// memory in MiB.
+    pub fn sample(&mut self) -> Option<(f64, f64)> {
+        let (cpu_now, wall_now) = (process_cpu_time(), Instant::now());
+        let (cpu_then, wall_then) = std::mem::replace(&mut self.last, (cpu_now, wall_now));
+        let wall = wall_now.duration_since(wall_then).as_secs_f64().max(1e-6);
+        let cpu = cpu_now.saturating_sub(cpu_then).as_secs_f64() / wall * 100.0;
+        let pid = self.pid?;
+        let what = sysinfo::ProcessRefreshKind::nothing().with_memory();
+        self.system.refresh_processes_specifics(sysinfo::ProcessesToUpdate::Some(&[pid]), false, what);
+        let memory = self.system.process(pid)?.memory() as f64 / (1024.0 * 1024.0);
+        Some((cpu, memory))
+    }
+}
+
 /// Runs until the task is aborted.
 pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: ReplicaGauges) {
     let gate = Arc::clone(deployment.gate());
@@ -51,6 +98,7 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
     };
     deployment.report_replicas(gauge("current"));
     let desired_gauge = gauge("desired");
+    let mut usage = ProcessUsage::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -65,14 +113,19 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
         let qps = (admitted - last_admitted) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
         (last_at, last_admitted) = (now, admitted);
         let (running, waiting) = (gate.running() as f64, gate.waiting() as f64);
+        let mut totals = BTreeMap::from([
+            (Metric::Concurrency, running + waiting),
+            (Metric::Queue, waiting),
+            (Metric::Qps, qps),
+        ]);
+        if let Some((cpu, memory)) = usage.sample() {
+            totals.insert(Metric::Cpu, cpu);
+            totals.insert(Metric::Memory, memory);
+        }
         let observation = Observation {
             now: now.duration_since(origin).as_secs_f64(),
             current: deployment.replicas(),
-            totals: BTreeMap::from([
-                (Metric::Concurrency, running + waiting),
-                (Metric::Queue, waiting),
-                (Metric::Qps, qps),
-            ]),
+            totals,
             demand: (running + waiting) as u64,
         };
         let decision = autoscaler.decide(&observation);
@@ -87,5 +140,25 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
                     .record("scale-failed", format!("could not apply {} replicas: {e:#}", decision.desired)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_usage_reports_cpu_and_resident_memory() {
+        let mut usage = ProcessUsage::default();
+        let (_, memory) = usage.sample().expect("this process is visible to itself");
+        assert!(memory > 1.0, "{memory} MiB resident");
+        // Burn some CPU, then the next sample shows it.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (cpu, _) = usage.sample().unwrap();
+        assert!(cpu > 10.0 && cpu.is_finite(), "{cpu} % CPU while spinning");
     }
 }
