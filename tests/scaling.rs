@@ -101,3 +101,42 @@ async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "scale"));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gauge_the_service_reports_drives_a_custom_metric_policy() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["m=misbehave"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+
+    let policy = json!({"min_replicas": 1, "max_replicas": 5,
+        "policy": {"metrics": [{"type": "custom", "name": "backlog", "value": 10}]}});
+    let res = http
+        .put(format!("{base}/admin/v1/deployments/m/scaling"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // The guest reports a backlog of 25 items: ceil(25 / 10) = 3 replicas.
+    let report = |name: &str, value: f64| {
+        let (http, url) = (http.clone(), format!("{base}/m/gauge"));
+        let body = json!({"name": name, "value": value});
+        async move { http.post(url).json(&body).send().await.unwrap().status() }
+    };
+    assert_eq!(report("backlog", 25.0).await, StatusCode::OK);
+    wait_replicas(&d, 3).await;
+    assert_eq!(d.gauges().snapshot()["backlog"], 25.0);
+    let event = d.events().into_iter().rev().find(|e| e.kind == "scale").unwrap();
+    assert!(event.message.contains("custom:backlog"), "{}", event.message);
+
+    // Bad names are ignored, not stored.
+    assert_eq!(report("Bad-Name", 1.0).await, StatusCode::OK);
+    assert!(!d.gauges().snapshot().contains_key("Bad-Name"));
+    server.shutdown().await.unwrap();
+}

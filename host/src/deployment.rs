@@ -67,6 +67,7 @@ pub struct Deployment {
     gate: Arc<Gate>,
     readiness: watch::Sender<Readiness>,
     events: Mutex<VecDeque<Event>>,
+    gauges: Arc<crate::nn::CustomGauges>,
 }
 
 /// A deployment's own configuration: the bento's defaults as overridden
@@ -149,6 +150,7 @@ impl Deployment {
             gate,
             readiness: watch::Sender::new(Readiness::Loading),
             events: Mutex::new(VecDeque::new()),
+            gauges: Arc::default(),
         };
         Ok((deployment, models))
     }
@@ -208,6 +210,11 @@ impl Deployment {
         }
     }
 
+    /// The custom gauges the service reported.
+    pub fn gauges(&self) -> &crate::nn::CustomGauges {
+        &self.gauges
+    }
+
     /// The linked component, reloaded from the compile cache if it was
     /// dropped at zero replicas.
     fn component(&self) -> Result<ServiceComponent> {
@@ -240,8 +247,9 @@ impl Deployment {
 
     /// Applies a replica count: admission capacity follows at once (fewer
     /// replicas drain: running calls finish); at zero the compiled component
-    /// is dropped, and it is reloaded (from the cache) when waking.
-    pub fn set_replicas(&self, replicas: u32) -> Result<()> {
+    /// is dropped, and it is reloaded (from the cache) when waking. `reason`
+    /// is recorded as a `scale` event before anyone watching hears of it.
+    pub fn set_replicas(&self, replicas: u32, reason: &str) -> Result<()> {
         if replicas > 0 {
             self.component()?;
         }
@@ -252,6 +260,7 @@ impl Deployment {
         if let Some(gauge) = self.replicas_gauge.get() {
             gauge.set(replicas as i64);
         }
+        self.record("scale", reason.to_string());
         self.replicas.send_replace(replicas);
         Ok(())
     }
@@ -337,7 +346,11 @@ impl Deployment {
         // Waiting for a slot counts against the same deadline. The permit
         // is dropped only after the call, whose future owns the instance.
         let _permit = self.gate.admit(deadline).await?;
-        let options = CallOptions { deadline, memory_limit: (traffic.memory_limit_mib as usize) << 20 };
+        let options = CallOptions {
+            deadline,
+            memory_limit: (traffic.memory_limit_mib as usize) << 20,
+            gauges: Arc::clone(&self.gauges),
+        };
         let component = self.component().map_err(|e| CallFailure::Host(format!("{e:#}")))?;
         component.call(models, api, input, &options).await.map_err(|failure| match failure {
             // The deadline counts from the request's arrival, queueing included.

@@ -165,12 +165,14 @@ fn start_epoch_ticker(engine: &Engine) {
 }
 
 /// Per-call limits and context.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallOptions {
     /// When the call must have finished.
     pub deadline: Instant,
     /// Linear memory the instance may grow to, in bytes.
     pub memory_limit: usize,
+    /// Where the guest's custom gauges go.
+    pub gauges: Arc<crate::nn::CustomGauges>,
 }
 
 /// Why a call failed.
@@ -247,8 +249,11 @@ impl ServiceComponent {
 
     /// Asks the component for its APIs (used by `wasmbento build`).
     pub async fn describe(&self) -> Result<Vec<ApiSpec>> {
-        let options =
-            CallOptions { deadline: Instant::now() + Duration::from_secs(10), memory_limit: 256 << 20 };
+        let options = CallOptions {
+            deadline: Instant::now() + Duration::from_secs(10),
+            memory_limit: 256 << 20,
+            gauges: Arc::default(),
+        };
         let (mut store, _) = self.new_store(Arc::new(ModelSet::default()), &options);
         let service = self.pre.instantiate_async(&mut store).await?;
         let apis = service.wasmbento_service_api().call_describe(&mut store).await?;
@@ -272,6 +277,7 @@ impl ServiceComponent {
             limiter: MemoryLimiter { limit: options.memory_limit, hit: false },
             models,
             overloaded: None,
+            gauges: Arc::clone(&options.gauges),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -323,6 +329,8 @@ pub struct HostState {
     pub(crate) models: Arc<ModelSet>,
     /// Set when a runner refused a call to keep its latency objective.
     pub(crate) overloaded: Option<String>,
+    /// The deployment's custom gauges.
+    pub(crate) gauges: Arc<crate::nn::CustomGauges>,
 }
 
 impl WasiView for HostState {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
-use crate::bindings::wasmbento::service::{logging, tokenizer};
+use crate::bindings::wasmbento::service::{logging, metrics, tokenizer};
 use crate::instance::HostState;
 use crate::runner::{self, ElementType, Runner, RunnerError};
 
@@ -260,6 +260,45 @@ impl logging::Host for HostState {
             L::Info => tracing::info!(target: "guest", "{message}"),
             L::Warn => tracing::warn!(target: "guest", "{message}"),
             L::Error => tracing::error!(target: "guest", "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// Custom gauges of one deployment: the last value reported under each name.
+#[derive(Default)]
+pub struct CustomGauges {
+    values: std::sync::Mutex<BTreeMap<String, f64>>,
+}
+
+/// Names a deployment may report at most (a guest cannot grow this without bound).
+const MAX_GAUGES: usize = 64;
+
+impl CustomGauges {
+    /// Records a value; returns false (and records nothing) for a bad name or value.
+    pub fn set(&self, name: &str, value: f64) -> bool {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && value.is_finite();
+        let mut values = self.values.lock().unwrap();
+        if !valid || (values.len() >= MAX_GAUGES && !values.contains_key(name)) {
+            return false;
+        }
+        values.insert(name.to_string(), value);
+        true
+    }
+
+    /// Every gauge's last value.
+    pub fn snapshot(&self) -> BTreeMap<String, f64> {
+        self.values.lock().unwrap().clone()
+    }
+}
+
+impl metrics::Host for HostState {
+    async fn set_gauge(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        if !self.gauges.set(&name, value) {
+            tracing::debug!(target: "guest", name, value, "ignored an invalid gauge");
         }
         Ok(())
     }

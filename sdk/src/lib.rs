@@ -41,6 +41,7 @@
 //! them in a few helpers.
 
 pub mod log;
+pub mod metrics;
 pub mod nn;
 mod service;
 

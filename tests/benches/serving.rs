@@ -41,7 +41,11 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
 }
 
 fn options() -> CallOptions {
-    CallOptions { deadline: Instant::now() + Duration::from_secs(60), memory_limit: 256 << 20 }
+    CallOptions {
+        deadline: Instant::now() + Duration::from_secs(60),
+        memory_limit: 256 << 20,
+        gauges: Arc::default(),
+    }
 }
 
 /// Median µs of `iters` sequential calls, over `reps` repetitions.
@@ -330,7 +334,7 @@ async fn main() {
         }
         let (mut cold, mut warm) = (Vec::new(), Vec::new());
         for _ in 0..30 {
-            d.set_replicas(0).unwrap();
+            d.set_replicas(0, "benchmark: to zero").unwrap();
             assert!(!d.component_loaded());
             cold.push(call().await);
             warm.push(call().await);

@@ -118,6 +118,9 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
             (Metric::Queue, waiting),
             (Metric::Qps, qps),
         ]);
+        for (name, value) in deployment.gauges().snapshot() {
+            totals.insert(Metric::Custom { name }, value);
+        }
         if let Some((cpu, memory)) = usage.sample() {
             totals.insert(Metric::Cpu, cpu);
             totals.insert(Metric::Memory, memory);
@@ -131,13 +134,11 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
         let decision = autoscaler.decide(&observation);
         desired_gauge.set(decision.desired as i64);
         if decision.desired != decision.current {
-            match deployment.set_replicas(decision.desired) {
-                Ok(()) => deployment.record(
-                    "scale",
-                    format!("api replicas {} → {}: {}", decision.current, decision.desired, decision.reason),
-                ),
-                Err(e) => deployment
-                    .record("scale-failed", format!("could not apply {} replicas: {e:#}", decision.desired)),
+            let reason =
+                format!("api replicas {} → {}: {}", decision.current, decision.desired, decision.reason);
+            if let Err(e) = deployment.set_replicas(decision.desired, &reason) {
+                deployment
+                    .record("scale-failed", format!("could not apply {} replicas: {e:#}", decision.desired));
             }
         }
     }

@@ -21,6 +21,12 @@ struct Sleep {
     tag: String,
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct Gauge {
+    name: String,
+    value: f64,
+}
+
 #[derive(Serialize, JsonSchema)]
 struct Count {
     calls: u64,
@@ -85,6 +91,10 @@ impl Service for Misbehave {
         .api("sleep", "Sleeps, then returns its tag.", |input: Sleep| {
             std::thread::sleep(std::time::Duration::from_millis(input.ms));
             Ok(input)
+        })
+        .api("gauge", "Reports a custom gauge for autoscaling.", |input: Gauge| {
+            wasmbento_sdk::metrics::gauge(&input.name, input.value);
+            Ok(Done { ok: true })
         })
         .api("fail", "Returns an internal error.", |_: Empty| -> Result<Done, Error> {
             Err(Error::internal("deliberate failure"))
