@@ -18,6 +18,13 @@ async fn wait_replicas(d: &wasmbento::deployment::Deployment, n: u32) {
         .unwrap();
 }
 
+/// Replaces deployment `m`'s scaling policy through the admin API.
+async fn put_scaling(http: &reqwest::Client, base: &str, policy: &Value) {
+    let url = format!("{base}/admin/v1/deployments/m/scaling");
+    let res = http.put(url).bearer_auth(ADMIN_TOKEN).json(policy).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
     let (_home, store) = temp_store();
@@ -38,14 +45,7 @@ async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
 
     let policy = json!({"min_replicas": 0, "max_replicas": 2, "scale_to_zero_after": 0.3,
         "policy": {"metrics": [{"type": "concurrency", "value": 1}], "scale_down_stabilization_window": 0.5}});
-    let res = http
-        .put(format!("{base}/admin/v1/deployments/m/scaling"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    put_scaling(&http, &base, &policy).await;
 
     // Idle: to zero, and the compiled component leaves memory.
     wait_replicas(&d, 0).await;
@@ -114,14 +114,7 @@ async fn a_gauge_the_service_reports_drives_a_custom_metric_policy() {
 
     let policy = json!({"min_replicas": 1, "max_replicas": 5,
         "policy": {"metrics": [{"type": "custom", "name": "backlog", "value": 10}]}});
-    let res = http
-        .put(format!("{base}/admin/v1/deployments/m/scaling"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    put_scaling(&http, &base, &policy).await;
 
     // The guest reports a backlog of 25 items: ceil(25 / 10) = 3 replicas.
     let report = |name: &str, value: f64| {

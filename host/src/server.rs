@@ -138,13 +138,6 @@ impl RunningServer {
         self.task.await??;
         Ok(())
     }
-
-    /// Serves until the task ends (e.g. on a signal handled by the caller).
-    pub async fn join(self) -> Result<()> {
-        // Controllers run as long as the server.
-        self.task.await??;
-        Ok(())
-    }
 }
 
 /// 32 random bytes from the OS, as hex.
