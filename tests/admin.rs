@@ -146,3 +146,73 @@ async fn policies_are_read_replaced_live_and_kept_across_restarts() {
     assert_eq!(admin.sleep(700).await, StatusCode::GATEWAY_TIMEOUT);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
+    let (_home, store) = temp_store();
+    wasmbento_tests::import_tiny_bert(&store, "all-minilm-l6-v2", 3);
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
+    let runner = "/deployments/embedder/runners/all-minilm-l6-v2";
+
+    // The bento's [runners] defaults.
+    let (s, traffic) = admin.get(&format!("{runner}/traffic")).await;
+    assert_eq!(s, StatusCode::OK, "{traffic}");
+    assert_eq!((traffic["timeout"].as_f64(), traffic["max_concurrency"].as_u64()), (Some(30.0), Some(64)));
+    let (_, scaling) = admin.get(&format!("{runner}/scaling")).await;
+    assert_eq!(scaling["max_replicas"], 2);
+    assert_eq!(scaling["policy"]["metrics"][0]["name"], "pending_items");
+    let (_, show) = admin.get("/deployments/embedder").await;
+    assert_eq!(show["runners"]["all-minilm-l6-v2"]["replicas"], 1, "{show}");
+    assert_eq!(show["runners"]["all-minilm-l6-v2"]["loaded"], true, "{show}");
+
+    // Unknown runners and bad JSON.
+    let (s, reply) = admin.get("/deployments/embedder/runners/nope/traffic").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(error_message(&reply).contains("runners: all-minilm-l6-v2"), "{reply}");
+    for (path, body, needle) in [
+        ("traffic", json!({"timeout": 0}), "traffic.timeout must be a positive number"),
+        ("traffic", json!({"memory_limit_mib": 5}), "unknown field `memory_limit_mib`"),
+        ("scaling", json!({"min_replicas": 2, "max_replicas": 1}), "min_replicas: 2 must not exceed"),
+        ("scaling", json!({"max_pending": -1}), "max_pending: invalid value"),
+    ] {
+        let (s, reply) = admin.put(&format!("{runner}/{path}"), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+        let m = error_message(&reply);
+        assert!(m.contains(needle), "{m}");
+    }
+
+    // A policy with scale to zero takes effect at once: the runner goes to zero.
+    let policy = json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.2, "max_pending": 8});
+    let (s, reply) = admin.put(&format!("{runner}/scaling"), policy).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    let r = server.state.deployments["embedder"].runner("all-minilm-l6-v2").unwrap();
+    let mut loaded = r.watch_loaded();
+    tokio::time::timeout(std::time::Duration::from_secs(10), loaded.wait_for(|l| !l)).await.unwrap().unwrap();
+    let (s, reply) = admin.put(&format!("{runner}/traffic"), json!({"timeout": 5})).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+
+    // A restart keeps both; the runner starts with one replica and goes back to zero.
+    server.shutdown().await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: admin.http, base: format!("http://{}", server.addr) };
+    assert_eq!(admin.get(&format!("{runner}/traffic")).await.1["timeout"], 5.0);
+    let (_, scaling) = admin.get(&format!("{runner}/scaling")).await;
+    assert_eq!((scaling["min_replicas"].as_u64(), scaling["max_pending"].as_u64()), (Some(0), Some(8)));
+    let r = server.state.deployments["embedder"].runner("all-minilm-l6-v2").unwrap();
+    let mut loaded = r.watch_loaded();
+    tokio::time::timeout(std::time::Duration::from_secs(10), loaded.wait_for(|l| !l)).await.unwrap().unwrap();
+    let (_, events) = admin.get("/deployments/embedder/events").await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().starts_with("runner all-minilm-l6-v2 replicas 1 → 0")),
+        "{events}"
+    );
+    server.shutdown().await.unwrap();
+}

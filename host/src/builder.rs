@@ -76,6 +76,7 @@ pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<Store
         models,
         traffic: source.traffic,
         scaling: source.scaling,
+        runners: source.runners,
         apis,
     };
     store.put_bento(&manifest, &wasm)

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 
 use crate::compile_cache::Loaded;
 use crate::instance::{CallFailure, CallOptions, Runtime, ServiceComponent};
-use crate::manifest::{ApiSpec, BentoManifest, Traffic};
+use crate::manifest::{ApiSpec, BentoManifest, RunnerConfig, RunnerTraffic, Traffic};
 use crate::nn::ModelSet;
-use crate::runner::Runners;
+use crate::runner::{ModelCache, Runner};
 use crate::scale::ScalingPolicy;
 use crate::store::{Store, StoredModel};
 use crate::tag::Tag;
@@ -68,6 +68,9 @@ pub struct Deployment {
     readiness: watch::Sender<Readiness>,
     events: Mutex<VecDeque<Event>>,
     gauges: Arc<crate::nn::CustomGauges>,
+    /// The runner of each model, by the name the guest uses; set once the
+    /// models are loaded.
+    runners: std::sync::OnceLock<BTreeMap<String, Arc<Runner>>>,
 }
 
 /// A deployment's own configuration: the bento's defaults as overridden
@@ -79,6 +82,9 @@ pub struct DeploymentConfig {
     pub bento: String,
     pub traffic: Traffic,
     pub scaling: ScalingPolicy,
+    /// Each model's runner, by the name the guest uses.
+    #[serde(default)]
+    pub runners: BTreeMap<String, RunnerConfig>,
 }
 
 /// Something that happened to a deployment, for `GET .../events`.
@@ -130,12 +136,22 @@ impl Deployment {
             bento: bento.tag().to_string(),
             traffic: bento.traffic.clone(),
             scaling: bento.scaling.clone(),
+            runners: BTreeMap::new(),
         });
+        // Every model has a runner configuration, and only models do.
+        config.runners.retain(|alias, _| bento.models.contains_key(alias));
+        for alias in bento.models.keys() {
+            if !config.runners.contains_key(alias) {
+                let defaults = bento.runners.get(alias).cloned().unwrap_or_default();
+                config.runners.insert(alias.clone(), defaults);
+            }
+        }
         if let Some(traffic) = &spec.traffic {
             config.traffic = traffic.clone();
         }
         config.traffic.validate().map_err(anyhow::Error::msg)?;
         let gate = Gate::new(config.traffic.max_concurrency, config.traffic.queue.clone());
+        gate.set_max_pending(config.scaling.max_pending);
         let deployment = Deployment {
             name,
             bento,
@@ -151,27 +167,53 @@ impl Deployment {
             readiness: watch::Sender::new(Readiness::Loading),
             events: Mutex::new(VecDeque::new()),
             gauges: Arc::default(),
+            runners: std::sync::OnceLock::new(),
         };
         Ok((deployment, models))
     }
 
-    /// Loads (or reuses) the runners of the bento's models; the deployment is
-    /// ready afterwards.
-    pub async fn load_models(&self, runners: &Runners, models: Vec<(String, StoredModel)>) -> Result<()> {
-        let mut set = BTreeMap::new();
+    /// Makes the runner of each of the bento's models and gives it its first
+    /// replica (loading the weights, or sharing them with another deployment
+    /// that has them); the deployment is ready afterwards.
+    pub async fn load_models(
+        &self,
+        cache: &Arc<ModelCache>,
+        models: Vec<(String, StoredModel)>,
+    ) -> Result<()> {
+        let configs = self.config().runners;
+        let mut runners = BTreeMap::new();
         for (alias, model) in models {
-            match runners.get_or_load(&model).await {
-                Ok(runner) => set.insert(alias, runner),
+            let tag = model.tag();
+            let config = configs.get(&alias).cloned().unwrap_or_default();
+            let made = async {
+                let runner = Runner::new(&alias, model, Arc::clone(cache), &config.traffic)?;
+                runner.gate().set_max_pending(config.scaling.max_pending);
+                runner.set_replicas(1).await?;
+                anyhow::Ok(runner)
+            };
+            match made.await {
+                Ok(runner) => runners.insert(alias, runner),
                 Err(e) => {
-                    let message = format!("loading model {}: {e:#}", model.tag());
+                    let message = format!("loading model {tag}: {e:#}");
                     self.readiness.send_replace(Readiness::Failed(message));
                     return Err(e);
                 }
             };
         }
-        self.readiness.send_replace(Readiness::Ready(Arc::new(ModelSet::new(set))));
+        let _ = self.runners.set(runners.clone());
+        self.readiness.send_replace(Readiness::Ready(Arc::new(ModelSet::new(runners))));
         tracing::info!(deployment = %self.name, "deployment ready");
         Ok(())
+    }
+
+    /// The runners, by the name the guest uses (empty until loaded).
+    pub fn runners(&self) -> BTreeMap<String, Arc<Runner>> {
+        self.runners.get().cloned().unwrap_or_default()
+    }
+
+    /// One runner by the name the guest uses.
+    pub fn runner(&self, name: &str) -> Option<Arc<Runner>> {
+        self.runners.get().and_then(|r| r.get(name)).cloned()
     }
 
     /// Waits until the models are loaded or failed to load.
@@ -299,9 +341,43 @@ impl Deployment {
             config.scaling = scaling.clone();
             config.clone()
         };
+        self.gate.set_max_pending(scaling.max_pending);
         self.store.save_deployment_config(&self.name, &config)?;
         self.record("scaling", format!("scaling policy replaced: {}", serde_json::to_string(&scaling)?));
         Ok(())
+    }
+
+    /// Replaces a runner's traffic settings at once and persists them.
+    pub fn set_runner_traffic(&self, name: &str, traffic: RunnerTraffic) -> Result<()> {
+        traffic.validate().map_err(anyhow::Error::msg)?;
+        let runner = self.runner(name).with_context(|| format!("no runner named {name:?}"))?;
+        self.update_runner(name, |c| c.traffic = traffic.clone())?;
+        runner.set_traffic(&traffic);
+        self.record(
+            "traffic",
+            format!("runner {name} traffic replaced: {}", serde_json::to_string(&traffic)?),
+        );
+        Ok(())
+    }
+
+    /// Replaces a runner's scaling policy and persists it.
+    pub fn set_runner_scaling(&self, name: &str, scaling: ScalingPolicy) -> Result<()> {
+        scaling.validate()?;
+        let runner = self.runner(name).with_context(|| format!("no runner named {name:?}"))?;
+        self.update_runner(name, |c| c.scaling = scaling.clone())?;
+        runner.gate().set_max_pending(scaling.max_pending);
+        let json = serde_json::to_string(&scaling)?;
+        self.record("scaling", format!("runner {name} scaling policy replaced: {json}"));
+        Ok(())
+    }
+
+    fn update_runner(&self, name: &str, change: impl FnOnce(&mut RunnerConfig)) -> Result<()> {
+        let config = {
+            let mut config = self.config.write().unwrap();
+            change(config.runners.entry(name.to_string()).or_default());
+            config.clone()
+        };
+        self.store.save_deployment_config(&self.name, &config)
     }
 
     /// Appends an event (and logs it).

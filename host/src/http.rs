@@ -119,7 +119,7 @@ impl From<DeploymentError> for ApiError {
             DeploymentError::Call(failure) => match failure {
                 CallFailure::BadInput(_) => StatusCode::BAD_REQUEST,
                 CallFailure::UnknownApi(_) => StatusCode::NOT_FOUND,
-                CallFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                CallFailure::Timeout(_) | CallFailure::RunnerTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 CallFailure::Overloaded(_) => {
                     retry_after = Some(1);
                     StatusCode::SERVICE_UNAVAILABLE

@@ -43,6 +43,7 @@ use crate::bindings::{Service, ServicePre};
 use crate::compile_cache::{CompileCache, Loaded};
 use crate::manifest::ApiSpec;
 use crate::nn::ModelSet;
+use crate::runner::RunnerError;
 
 /// How often the engine's epoch advances: the granularity of deadlines and
 /// of a running guest's yields to the executor.
@@ -193,9 +194,13 @@ pub enum CallFailure {
     /// The instance tried to grow its memory past the limit (500).
     #[error("the service exceeded its memory limit of {limit_mib} MiB and was stopped")]
     MemoryLimit { limit_mib: u64 },
-    /// A runner refused a model call to keep its latency objective (503).
+    /// A runner refused a model call: its queue was full or the call could
+    /// not meet its latency objective (503).
     #[error("the model is overloaded: {0}")]
     Overloaded(String),
+    /// A runner did not answer a model call within its timeout (504).
+    #[error("the model did not answer in time: {0}")]
+    RunnerTimeout(String),
     /// The deadline passed; the instance was interrupted (504).
     #[error("the service did not answer within its timeout ({0:.1?}) and was stopped")]
     Timeout(Duration),
@@ -232,10 +237,15 @@ impl ServiceComponent {
         if !guest_output.is_empty() {
             tracing::debug!(api, output = %guest_output, "guest output");
         }
-        // However the guest reported it, a refused model call is a 503.
-        if let (Some(why), Err(_) | Ok(Err(_)) | Ok(Ok(Err(_)))) = (store.data().overloaded.clone(), &outcome)
+        // However the guest reported it, a refused model call is a 503 and
+        // a model call that timed out a 504.
+        if let (Some(refusal), Err(_) | Ok(Err(_)) | Ok(Ok(Err(_)))) =
+            (store.data().runner_refusal.clone(), &outcome)
         {
-            return Err(CallFailure::Overloaded(why));
+            return Err(match refusal {
+                RunnerError::Timeout(m) => CallFailure::RunnerTimeout(m),
+                other => CallFailure::Overloaded(other.to_string()),
+            });
         }
         match outcome {
             Err(_) => Err(CallFailure::Timeout(started.elapsed())),
@@ -276,7 +286,7 @@ impl ServiceComponent {
             table: ResourceTable::new(),
             limiter: MemoryLimiter { limit: options.memory_limit, hit: false },
             models,
-            overloaded: None,
+            runner_refusal: None,
             gauges: Arc::clone(&options.gauges),
         };
         let mut store = Store::new(&self.engine, state);
@@ -327,8 +337,8 @@ pub struct HostState {
     limiter: MemoryLimiter,
     /// The models this bento declared, by the names the guest uses.
     pub(crate) models: Arc<ModelSet>,
-    /// Set when a runner refused a call to keep its latency objective.
-    pub(crate) overloaded: Option<String>,
+    /// Set when a runner refused a call (overloaded) or timed out.
+    pub(crate) runner_refusal: Option<RunnerError>,
     /// The deployment's custom gauges.
     pub(crate) gauges: Arc<crate::nn::CustomGauges>,
 }

@@ -25,6 +25,9 @@ pub struct SourceManifest {
     pub traffic: Traffic,
     #[serde(default)]
     pub scaling: Scaling,
+    /// Defaults of each model's runner, by the model's name above.
+    #[serde(default)]
+    pub runners: BTreeMap<String, RunnerConfig>,
 }
 
 /// A built bento's manifest, stored as `bento.toml` beside the component.
@@ -45,6 +48,8 @@ pub struct BentoManifest {
     pub traffic: Traffic,
     #[serde(default)]
     pub scaling: Scaling,
+    #[serde(default)]
+    pub runners: BTreeMap<String, RunnerConfig>,
     #[serde(default)]
     pub apis: Vec<ApiSpec>,
 }
@@ -102,15 +107,71 @@ impl Default for Traffic {
 /// Replica bounds and autoscaling policy (see [`crate::scale::policy`]).
 pub type Scaling = crate::scale::ScalingPolicy;
 
+/// Traffic control for one runner: its calls come from the service's
+/// instances, not from clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerTraffic {
+    /// Seconds from a `compute` call to its result, queueing included; past
+    /// it the guest gets a `wasi:nn` error and the request fails with 504.
+    pub timeout: f64,
+    /// Calls admitted at once per replica; `None`: unbounded.
+    pub max_concurrency: Option<u32>,
+    /// Where calls wait beyond `max_concurrency`.
+    pub queue: crate::traffic::QueueConfig,
+}
+
+impl Default for RunnerTraffic {
+    fn default() -> Self {
+        RunnerTraffic { timeout: 60.0, max_concurrency: None, queue: crate::traffic::QueueConfig::default() }
+    }
+}
+
+impl RunnerTraffic {
+    /// Rejects values no runner could run with, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        check_timeout("traffic.timeout", self.timeout)?;
+        if self.max_concurrency == Some(0) {
+            return Err("traffic.max_concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The timeout; validated values always fit.
+    pub fn timeout_duration(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.timeout).unwrap_or(std::time::Duration::from_secs(60))
+    }
+}
+
+/// One runner's settings: `[runners.<model>]` in `bento.toml`, overridable
+/// per deployment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    pub traffic: RunnerTraffic,
+    pub scaling: Scaling,
+}
+
+impl RunnerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.traffic.validate()?;
+        self.scaling.validate().map_err(|e| format!("scaling.{e}"))
+    }
+}
+
+fn check_timeout(key: &str, timeout: f64) -> Result<(), String> {
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_TIMEOUT_SECONDS) {
+        return Err(format!(
+            "{key} must be a positive number of seconds up to {MAX_TIMEOUT_SECONDS} (a day), got {timeout}"
+        ));
+    }
+    Ok(())
+}
+
 impl Traffic {
     /// Rejects values no deployment could run with, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_TIMEOUT_SECONDS) {
-            return Err(format!(
-                "traffic.timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECONDS} (a day), got {}",
-                self.timeout
-            ));
-        }
+        check_timeout("traffic.timeout", self.timeout)?;
         if self.max_concurrency == Some(0) {
             return Err("traffic.max_concurrency must be at least 1".into());
         }
@@ -133,6 +194,12 @@ impl SourceManifest {
         manifest.scaling.validate().map_err(|e| anyhow::anyhow!("scaling.{e}"))?;
         for (alias, tag) in &manifest.models {
             tag.parse::<crate::tag::Tag>().map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
+        }
+        for (alias, runner) in &manifest.runners {
+            if !manifest.models.contains_key(alias) {
+                anyhow::bail!("runners.{alias}: no model of that name in [models]");
+            }
+            runner.validate().map_err(|e| anyhow::anyhow!("runners.{alias}.{e}"))?;
         }
         Ok(manifest)
     }
@@ -178,6 +245,14 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("scaling.min_replicas: 3 must not exceed"), "{err}");
 
+        let err = SourceManifest::parse(
+            "name = \"a\"\nversion = \"1\"\n[models]\nm = \"m:1\"\n[runners.m.traffic]\ntimeout = -1\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("runners.m.traffic.timeout"), "{err}");
+        let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\n[runners.x]\n").unwrap_err();
+        assert!(err.to_string().contains("runners.x: no model"), "{err}");
+
         let err = SourceManifest::parse("name = \"a\"\nversion = \"1\"\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
@@ -193,6 +268,7 @@ mod tests {
             models: BTreeMap::from([("m".to_string(), "m:abc".to_string())]),
             traffic: Traffic::default(),
             scaling: Scaling::default(),
+            runners: BTreeMap::new(),
             apis: vec![ApiSpec {
                 name: "greet".into(),
                 doc: "Greets.".into(),

@@ -213,10 +213,12 @@ impl inference::HostGraphExecutionContext for HostState {
             }
             Err(RunnerError::InvalidInput(m)) => self.nn_error(errors::ErrorCode::InvalidArgument, m),
             Err(RunnerError::Runtime(m)) => self.nn_error(errors::ErrorCode::RuntimeError, m),
-            Err(RunnerError::Overloaded(m)) => {
-                // The guest sees a wasi:nn error; the host answers 503 for the call.
-                self.overloaded = Some(m.clone());
-                self.nn_error(errors::ErrorCode::RuntimeError, format!("overloaded: {m}"))
+            Err(refusal @ (RunnerError::Overloaded(_) | RunnerError::Timeout(_))) => {
+                // The guest sees a wasi:nn error; the host answers 503 or 504
+                // for the call, however the guest reports it.
+                let message = refusal.to_string();
+                self.runner_refusal = Some(refusal);
+                self.nn_error(errors::ErrorCode::RuntimeError, message)
             }
         }
     }

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::http::{AppState, router};
 use crate::instance::{Runtime, RuntimeOptions};
-use crate::runner::Runners;
+use crate::runner::ModelCache;
+use crate::scale::controller::Component;
 use crate::store::Store;
 
 /// Default largest request body: 4 MiB.
@@ -42,7 +43,7 @@ pub struct RunningServer {
     pub state: Arc<AppState>,
     pub runtime: Runtime,
     /// The loaded models, shared by every deployment.
-    pub runners: Arc<Runners>,
+    pub models: Arc<ModelCache>,
     controllers: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -59,7 +60,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     let metrics = crate::metrics::Metrics::default();
     let batching =
         crate::runner::Batching { max_batch_size: options.max_batch_size, max_latency: options.max_latency };
-    let runners = Arc::new(Runners::new(metrics.batch_size.clone(), batching));
+    let models = Arc::new(ModelCache::new(metrics.batch_size.clone(), batching));
 
     let mut deployments = BTreeMap::new();
     let mut pending = Vec::new();
@@ -76,13 +77,30 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         }
         pending.push((deployment, models));
     }
-    for (deployment, models) in pending {
-        let runners = Arc::clone(&runners);
-        tokio::spawn(async move {
-            if let Err(e) = deployment.load_models(&runners, models).await {
+    let replica_gauges = metrics.replicas.clone();
+    let mut controllers = Vec::new();
+    for (deployment, stored) in pending {
+        let (cache, gauges) = (Arc::clone(&models), replica_gauges.clone());
+        let interval = options.autoscale_interval;
+        controllers.push(tokio::spawn(crate::scale::controller::run(
+            Component::Api(Arc::clone(&deployment)),
+            interval,
+            gauges.clone(),
+        )));
+        // Runners get their controllers once their first replica is up;
+        // aborting this task stops them too.
+        controllers.push(tokio::spawn(async move {
+            if let Err(e) = deployment.load_models(&cache, stored).await {
                 tracing::error!(deployment = deployment.name(), error = %format!("{e:#}"), "loading models failed; the deployment stays unready");
+                return;
             }
-        });
+            let mut runners = tokio::task::JoinSet::new();
+            for runner in deployment.runners().into_values() {
+                let component = Component::Runner(Arc::clone(&deployment), runner);
+                runners.spawn(crate::scale::controller::run(component, interval, gauges.clone()));
+            }
+            while runners.join_next().await.is_some() {}
+        }));
     }
 
     let admin_token = match options.admin_token {
@@ -93,16 +111,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             token
         }
     };
-    let replica_gauges = metrics.replicas.clone();
     let state = Arc::new(AppState::new(deployments, metrics, options.max_request_bytes, admin_token));
-    let controllers = state
-        .deployments
-        .values()
-        .map(|d| {
-            let gauges = replica_gauges.clone();
-            tokio::spawn(crate::scale::controller::run(Arc::clone(d), options.autoscale_interval, gauges))
-        })
-        .collect();
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
@@ -115,7 +124,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             })
             .await
     });
-    Ok(RunningServer { addr, state, runtime, runners, controllers, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, state, runtime, models, controllers, shutdown: Some(tx), task })
 }
 
 impl RunningServer {

@@ -17,6 +17,11 @@
 //! A full queue answers 503 with a `Retry-After` estimated from the queue
 //! length and the observed service time; a request still queued at its
 //! deadline answers 504.
+//!
+//! At zero replicas the queue is the cold-start buffer (Knative's activator):
+//! its bound is `max_pending` from the scaling policy instead of the queue
+//! length, and waiting requests are released no faster than the new
+//! capacity admits.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -82,6 +87,8 @@ struct State {
     /// Requests admitted so far (for the request rate).
     admitted: u64,
     queue: QueueConfig,
+    /// The queue's bound at zero replicas (`None`: the queue's `max_length`).
+    max_pending: Option<usize>,
     running: usize,
     waiting: VecDeque<Waiter>,
     next_id: u64,
@@ -95,6 +102,8 @@ pub struct Gate {
     /// Signalled when a request starts waiting, so an autoscaler can wake a
     /// component at zero at once instead of at its next tick.
     pub waiting_started: tokio::sync::Notify,
+    /// Signalled when the last running request finishes.
+    idle: tokio::sync::Notify,
 }
 
 impl State {
@@ -121,13 +130,18 @@ impl Gate {
             limit: None,
             admitted: 0,
             queue,
+            max_pending: None,
             running: 0,
             waiting: VecDeque::new(),
             next_id: 0,
             service_time: 0.0,
         };
         state.set_limit();
-        Arc::new(Gate { state: Mutex::new(state), waiting_started: tokio::sync::Notify::new() })
+        Arc::new(Gate {
+            state: Mutex::new(state),
+            waiting_started: tokio::sync::Notify::new(),
+            idle: tokio::sync::Notify::new(),
+        })
     }
 
     /// Changes the limits in place; waiting requests keep their places, and
@@ -148,6 +162,25 @@ impl Gate {
         state.replicas = replicas;
         state.set_limit();
         self.dispatch(&mut state);
+    }
+
+    /// Bounds the queue at zero replicas (the cold-start buffer); `None`
+    /// uses the queue's `max_length`.
+    pub fn set_max_pending(&self, max_pending: Option<usize>) {
+        self.state.lock().unwrap().max_pending = max_pending;
+    }
+
+    /// Waits until no request is running (a drain).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Requests admitted since the gate was made.
@@ -177,7 +210,11 @@ impl Gate {
             }
             // Requests that went away while waiting do not hold places.
             state.waiting.retain(|w| !w.grant.is_closed());
-            if state.waiting.len() >= state.queue.max_length {
+            let bound = match (state.replicas, state.max_pending) {
+                (0, Some(pending)) => pending,
+                _ => state.queue.max_length,
+            };
+            if state.waiting.len() >= bound {
                 return Err(Rejection::QueueFull {
                     length: state.waiting.len(),
                     retry_after: retry_after(&state),
@@ -242,6 +279,9 @@ impl Gate {
     fn release(self: &Arc<Self>, service_time: Duration) {
         let mut state = self.state.lock().unwrap();
         state.running -= 1;
+        if state.running == 0 {
+            self.idle.notify_waiters();
+        }
         let s = service_time.as_secs_f64();
         state.service_time = if state.service_time == 0.0 { s } else { 0.8 * state.service_time + 0.2 * s };
         self.dispatch(&mut state);
@@ -411,6 +451,53 @@ mod tests {
         gate.set_replicas(1);
         held.await.unwrap().unwrap();
         assert_eq!(gate.admitted(), 1);
+    }
+
+    #[tokio::test]
+    async fn max_pending_bounds_the_buffer_at_zero_only() {
+        let gate = Gate::new(None, queue(4, Strategy::Fifo));
+        gate.set_max_pending(Some(1));
+        gate.set_replicas(0);
+        let far = Instant::now() + Duration::from_secs(5);
+        let g = Arc::clone(&gate);
+        let first = tokio::spawn(async move { g.admit(far).await.map(drop) });
+        gate.waiting_started.notified().await;
+        let err = gate.admit(far).await.map(drop).unwrap_err();
+        assert!(matches!(err, Rejection::QueueFull { length: 1, .. }), "{err}");
+        // With capacity, the queue's own length applies again.
+        gate.set_replicas(1);
+        first.await.unwrap().unwrap();
+        gate.reconfigure(Some(1), queue(4, Strategy::Fifo));
+        let held = gate.admit(far).await.unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let g = Arc::clone(&gate);
+                tokio::spawn(async move { g.admit(far).await.map(drop) })
+            })
+            .collect();
+        while gate.waiting() < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_idle_returns_when_the_last_permit_goes() {
+        let gate = Gate::new(None, queue(4, Strategy::Fifo));
+        gate.wait_idle().await; // nothing running: at once
+        let far = Instant::now() + Duration::from_secs(5);
+        let (a, b) = (gate.admit(far).await.unwrap(), gate.admit(far).await.unwrap());
+        let g = Arc::clone(&gate);
+        let drained = tokio::spawn(async move { g.wait_idle().await });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished(), "one request still runs");
+        drop(b);
+        drained.await.unwrap();
+        assert_eq!(gate.running(), 0);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wasmbento::instance::{CallOptions, Runtime, RuntimeOptions, ServiceComponent};
 use wasmbento::nn::ModelSet;
-use wasmbento::runner::Runners;
+use wasmbento::runner::ModelCache;
 use wasmbento::store::Store;
 use wasmbento_tests::{build_plugin, serve_options};
 
@@ -244,11 +244,14 @@ async fn main() {
     // ---- 2. embedder: host overhead vs candle directly ----
     let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir()).unwrap();
     let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
-    let runners = Runners::new(
+    let cache = Arc::new(ModelCache::new(
         wasmbento::runner::batch_size_family(),
         wasmbento::runner::Batching { max_batch_size: 1, max_latency: None },
-    );
-    let runner = runners.get_or_load(&model).await.unwrap();
+    ));
+    let runner =
+        wasmbento::runner::Runner::new("all-minilm-l6-v2", model.clone(), cache, &Default::default())
+            .unwrap();
+    runner.set_replicas(1).await.unwrap();
     let models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
     line(String::new());
@@ -264,14 +267,16 @@ async fn main() {
     line(String::new());
     line("| texts | candle forward (ms) | through the component (ms) | ratio | outside the forward pass (ms) | of which tokenize (ms) |".into());
     line("|---|---|---|---|---|---|".into());
-    let no_forward = Arc::new(wasmbento::runner::Runner::with_backend(
+    let no_forward = wasmbento::runner::Runner::with_backend(
+        "all-minilm-l6-v2",
         model.tag(),
         Arc::new(NoForward { hidden: 384 }),
-        Some(wasmbento::runner::TextTokenizer::load(&model.dir).unwrap()),
-        1,
-        None,
+        Some(Arc::new(wasmbento::runner::TextTokenizer::load(&model.dir).unwrap())),
+        wasmbento::runner::Batching { max_batch_size: 1, max_latency: None },
         &wasmbento::runner::batch_size_family(),
-    ));
+        &Default::default(),
+    )
+    .unwrap();
     let no_forward_models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&no_forward))])));
     for n in [1usize, 8] {

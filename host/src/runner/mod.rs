@@ -1,9 +1,11 @@
 //! Runners: native model executors shared by every instance.
 //!
 //! Tensor work never runs in Wasm. A guest's `wasi:nn` calls reach a
-//! [`Runner`], which owns the one copy of a model's weights in the host and
-//! its tokenizer. [`Runners`] loads each model at most once per host, however
-//! many deployments and concurrent instances use it.
+//! [`Runner`]: one per model a deployment declares, a component with its own
+//! traffic control and replicas. A runner replica is a worker thread over the
+//! model's weights; at zero replicas the runner lets go of the weights, and
+//! the [`ModelCache`], which holds each model at most once per host however
+//! many runners use it, frees them when the last user lets go.
 //!
 //! # Blocking work and the async executor
 //!
@@ -23,20 +25,21 @@
 
 mod batcher;
 pub mod bert;
+mod cache;
+mod component;
 mod tokenize;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::OnceCell;
 
+pub use cache::ModelCache;
+pub use component::{Runner, RunnerStatus};
 pub use tokenize::TextTokenizer;
 
-use crate::store::StoredModel;
 use crate::tag::Tag;
 
 /// Element types of host tensors (the subset of `wasi:nn` types we run).
@@ -143,10 +146,13 @@ pub enum RunnerError {
     /// The backend failed (`runtime-error`).
     #[error("runtime error: {0}")]
     Runtime(String),
-    /// The call could not meet the runner's latency objective and was not
-    /// run (HTTP 503).
+    /// The call could not meet the runner's latency objective, or the
+    /// runner's queue is full; it was not run (HTTP 503).
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The runner did not answer within its timeout (HTTP 504).
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 impl RunnerError {
@@ -189,94 +195,6 @@ pub fn batch_size_family() -> BatchSizes {
     })
 }
 
-/// A loaded model: backend plus tokenizer, shared by every instance, and
-/// the worker thread that runs (and batches) its calls.
-pub struct Runner {
-    tag: Tag,
-    backend: Arc<dyn Backend>,
-    tokenizer: Option<TextTokenizer>,
-    jobs: mpsc::Sender<batcher::Job>,
-}
-
-impl Runner {
-    /// Loads the model in `dir` with the backend that fits it.
-    pub fn load(tag: Tag, dir: &Path, batching: &Batching, batch_sizes: &BatchSizes) -> Result<Runner> {
-        if !bert::is_bert_dir(dir) {
-            bail!(
-                "model {tag}: no backend for this model (only BERT-family encoders with config.json are supported)"
-            );
-        }
-        let backend: Arc<dyn Backend> = Arc::new(bert::BertEncoder::load(dir)?);
-        let tokenizer =
-            if dir.join("tokenizer.json").is_file() { Some(TextTokenizer::load(dir)?) } else { None };
-        Ok(Runner::with_backend(
-            tag,
-            backend,
-            tokenizer,
-            batching.max_batch_size,
-            batching.max_latency,
-            batch_sizes,
-        ))
-    }
-
-    /// A runner around an existing backend (for other backends and tests).
-    pub fn with_backend(
-        tag: Tag,
-        backend: Arc<dyn Backend>,
-        tokenizer: Option<TextTokenizer>,
-        max_batch_size: usize,
-        max_latency: Option<std::time::Duration>,
-        batch_sizes: &BatchSizes,
-    ) -> Runner {
-        let (jobs, queue) = mpsc::channel();
-        let histogram = batch_sizes.get_or_create(&ModelLabels { model: tag.to_string() }).clone();
-        let worker_backend = Arc::clone(&backend);
-        std::thread::Builder::new()
-            .name(format!("runner {tag}"))
-            .spawn(move || {
-                batcher::run_worker(worker_backend.as_ref(), queue, max_batch_size, max_latency, |n| {
-                    histogram.observe(n as f64)
-                })
-            })
-            .expect("spawning a runner thread");
-        Runner { tag, backend, tokenizer, jobs }
-    }
-
-    pub fn tag(&self) -> &Tag {
-        &self.tag
-    }
-
-    pub fn describe(&self) -> String {
-        self.backend.describe()
-    }
-
-    /// The model's tokenizer, if it ships one.
-    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
-        self.tokenizer.as_ref()
-    }
-
-    /// Runs the model on the runner's worker, batched with concurrent calls.
-    pub async fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, RunnerError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(batcher::Job { inputs, reply, arrived: std::time::Instant::now() })
-            .map_err(|_| RunnerError::Runtime("the runner's worker has stopped".into()))?;
-        answer.await.unwrap_or_else(|_| Err(RunnerError::Runtime("the runner's worker panicked".into())))
-    }
-
-    /// Runs the model on the calling thread, unbatched (benchmarks, tests).
-    pub fn compute_blocking(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
-        self.backend.compute(inputs)
-    }
-}
-
-/// Every model loaded in this host, by exact tag: loaded once, shared.
-pub struct Runners {
-    loaded: Mutex<HashMap<Tag, Arc<OnceCell<Arc<Runner>>>>>,
-    batch_sizes: BatchSizes,
-    batching: Batching,
-}
-
 /// How runners batch.
 #[derive(Debug, Clone)]
 pub struct Batching {
@@ -296,39 +214,12 @@ impl Default for Batching {
     }
 }
 
-impl Runners {
-    /// Runners batching as `batching` says and reporting their batch sizes
-    /// into `batch_sizes`.
-    pub fn new(batch_sizes: BatchSizes, mut batching: Batching) -> Runners {
-        batching.max_batch_size = batching.max_batch_size.max(1);
-        Runners { loaded: Mutex::default(), batch_sizes, batching }
+/// Loads the model in `dir` with the backend that fits it.
+pub fn load_backend(tag: &Tag, dir: &Path) -> Result<Arc<dyn Backend>> {
+    if !bert::is_bert_dir(dir) {
+        bail!(
+            "model {tag}: no backend for this model (only BERT-family encoders with config.json are supported)"
+        );
     }
-
-    /// The runner for a stored model, loading it on first use. Concurrent
-    /// first uses wait for one load instead of loading twice.
-    pub async fn get_or_load(&self, model: &StoredModel) -> Result<Arc<Runner>> {
-        let tag = model.tag();
-        let cell = Arc::clone(self.loaded.lock().unwrap().entry(tag.clone()).or_default());
-        let runner = cell
-            .get_or_try_init(|| async {
-                let dir = model.dir.clone();
-                let tag2 = tag.clone();
-                let started = std::time::Instant::now();
-                let (sizes, batching) = (self.batch_sizes.clone(), self.batching.clone());
-                let runner = tokio::task::spawn_blocking(move || Runner::load(tag2, &dir, &batching, &sizes)).await??;
-                tracing::info!(model = %tag, took_ms = started.elapsed().as_millis() as u64, backend = %runner.describe(), "model loaded");
-                anyhow::Ok(Arc::new(runner))
-            })
-            .await?;
-        Ok(Arc::clone(runner))
-    }
-
-    /// How many models are loaded.
-    pub fn len(&self) -> usize {
-        self.loaded.lock().unwrap().values().filter(|c| c.initialized()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    Ok(Arc::new(bert::BertEncoder::load(dir)?))
 }

@@ -220,8 +220,8 @@ mod tests {
         ScalingPolicy {
             min_replicas: min,
             max_replicas: max,
-            scale_to_zero_after: None,
             policy: MetricsPolicy::default(),
+            ..ScalingPolicy::default()
         }
     }
 

@@ -1,15 +1,22 @@
-//! Drives a deployment's API-service replicas with its autoscaler.
+//! Drives one component of a deployment (its API service or one of its
+//! runners) with its autoscaler; every component has a controller of its own.
 //!
 //! Every tick (and at once when a request starts waiting, so a component at
 //! zero wakes without waiting for the tick) the controller observes the
-//! deployment's admission gate (requests running and waiting, the request
-//! rate), asks the [`Autoscaler`] for a replica count and applies it. An
-//! API-service replica is admission capacity: `max_concurrency` instances
-//! at once. Scaling down only lowers capacity, so running calls finish
-//! (drain) and nothing accepted is dropped; at zero the compiled component
-//! is dropped from memory, and requests arriving then wait in the gate's
-//! queue (the cold-start buffer, bounded by its length and their deadlines)
-//! and are released no faster than the new capacity admits.
+//! component's admission gate (calls running and waiting, the call rate) and
+//! its custom gauges, asks the [`Autoscaler`] for a replica count and applies
+//! it.
+//!
+//! * An API-service replica is admission capacity: `max_concurrency`
+//!   instances at once. At zero the compiled component is dropped from memory.
+//! * A runner replica is a worker thread over the model's weights. At zero
+//!   the weights are let go of (and freed when no other runner shares them);
+//!   waking loads them again.
+//!
+//! Scaling down only lowers capacity, so running calls finish (drain) and
+//! nothing accepted is dropped. Requests arriving at zero wait in the gate's
+//! queue (the cold-start buffer, bounded by `max_pending` and by their
+//! deadlines) and are released no faster than the new capacity admits.
 //!
 //! Each change is an event with its reason (admin API, logs) and the
 //! desired and current counts are Prometheus gauges.
@@ -26,8 +33,10 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{Autoscaler, Metric, Observation};
+use super::{Autoscaler, Metric, Observation, ScalingPolicy};
 use crate::deployment::Deployment;
+use crate::runner::Runner;
+use crate::traffic::Gate;
 
 /// Gauges of replicas by deployment, component and kind (`current`, `desired`).
 pub type ReplicaGauges = Family<ReplicaLabels, Gauge>;
@@ -81,22 +90,97 @@ impl ProcessUsage {
     }
 }
 
+/// What one controller drives.
+#[derive(Clone)]
+pub enum Component {
+    /// The deployment's API service.
+    Api(Arc<Deployment>),
+    /// One of the deployment's runners.
+    Runner(Arc<Deployment>, Arc<Runner>),
+}
+
+impl Component {
+    fn deployment(&self) -> &Arc<Deployment> {
+        match self {
+            Component::Api(d) | Component::Runner(d, _) => d,
+        }
+    }
+
+    /// `api` or `runner:<model name>`: the label in metrics and events.
+    pub fn label(&self) -> String {
+        match self {
+            Component::Api(_) => "api".into(),
+            Component::Runner(_, r) => format!("runner:{}", r.name()),
+        }
+    }
+
+    fn gate(&self) -> &Arc<Gate> {
+        match self {
+            Component::Api(d) => d.gate(),
+            Component::Runner(_, r) => r.gate(),
+        }
+    }
+
+    fn policy(&self) -> ScalingPolicy {
+        let config = self.deployment().config();
+        match self {
+            Component::Api(_) => config.scaling,
+            Component::Runner(_, r) => config.runners.get(r.name()).cloned().unwrap_or_default().scaling,
+        }
+    }
+
+    fn gauges(&self) -> BTreeMap<String, f64> {
+        match self {
+            Component::Api(d) => d.gauges().snapshot(),
+            Component::Runner(_, r) => r.gauges().snapshot(),
+        }
+    }
+
+    fn replicas(&self) -> u32 {
+        match self {
+            Component::Api(d) => d.replicas(),
+            Component::Runner(_, r) => r.replicas(),
+        }
+    }
+
+    async fn set_replicas(&self, replicas: u32, reason: &str, current: &Gauge) -> anyhow::Result<()> {
+        match self {
+            // The deployment sets the gauge and records the event itself,
+            // before anyone watching its replicas hears of the change.
+            Component::Api(d) => d.set_replicas(replicas, reason),
+            Component::Runner(d, r) => {
+                r.set_replicas(replicas).await?;
+                current.set(replicas as i64);
+                d.record("scale", reason.to_string());
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Runs until the task is aborted.
-pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: ReplicaGauges) {
-    let gate = Arc::clone(deployment.gate());
-    let mut autoscaler = Autoscaler::new(deployment.config().scaling);
+pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges) {
+    let gate = Arc::clone(component.gate());
+    let label = component.label();
+    let mut autoscaler = Autoscaler::new(component.policy());
     let origin = Instant::now();
     let (mut last_at, mut last_admitted) = (origin, gate.admitted());
     let gauge = |kind: &str| {
         gauges
             .get_or_create(&ReplicaLabels {
-                deployment: deployment.name().to_string(),
-                component: "api".into(),
+                deployment: component.deployment().name().to_string(),
+                component: label.clone(),
                 kind: kind.into(),
             })
             .clone()
     };
-    deployment.report_replicas(gauge("current"));
+    let current_gauge = gauge("current");
+    match &component {
+        Component::Api(d) => d.report_replicas(current_gauge.clone()),
+        Component::Runner(_, r) => {
+            current_gauge.set(r.replicas() as i64);
+        }
+    }
     let desired_gauge = gauge("desired");
     let mut usage = ProcessUsage::default();
     loop {
@@ -104,7 +188,7 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
             _ = tokio::time::sleep(interval) => {}
             _ = gate.waiting_started.notified() => {}
         }
-        let policy = deployment.config().scaling;
+        let policy = component.policy();
         if &policy != autoscaler.policy() {
             autoscaler.set_policy(policy);
         }
@@ -118,7 +202,7 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
             (Metric::Queue, waiting),
             (Metric::Qps, qps),
         ]);
-        for (name, value) in deployment.gauges().snapshot() {
+        for (name, value) in component.gauges() {
             totals.insert(Metric::Custom { name }, value);
         }
         if let Some((cpu, memory)) = usage.sample() {
@@ -127,18 +211,23 @@ pub async fn run(deployment: Arc<Deployment>, interval: Duration, gauges: Replic
         }
         let observation = Observation {
             now: now.duration_since(origin).as_secs_f64(),
-            current: deployment.replicas(),
+            current: component.replicas(),
             totals,
             demand: (running + waiting) as u64,
         };
         let decision = autoscaler.decide(&observation);
         desired_gauge.set(decision.desired as i64);
         if decision.desired != decision.current {
-            let reason =
-                format!("api replicas {} → {}: {}", decision.current, decision.desired, decision.reason);
-            if let Err(e) = deployment.set_replicas(decision.desired, &reason) {
-                deployment
-                    .record("scale-failed", format!("could not apply {} replicas: {e:#}", decision.desired));
+            let what = match &component {
+                Component::Api(_) => "api replicas".to_string(),
+                Component::Runner(_, r) => format!("runner {} replicas", r.name()),
+            };
+            let reason = format!("{what} {} → {}: {}", decision.current, decision.desired, decision.reason);
+            if let Err(e) = component.set_replicas(decision.desired, &reason, &current_gauge).await {
+                component.deployment().record(
+                    "scale-failed",
+                    format!("could not apply {label} replicas {}: {e:#}", decision.desired),
+                );
             }
         }
     }

@@ -27,6 +27,11 @@ pub struct ScalingPolicy {
     /// `min_replicas = 0`; `None` never goes to zero).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_to_zero_after: Option<f64>,
+    /// Requests that may wait while the component is at zero (the
+    /// cold-start buffer); beyond it they get 503. `None`: the traffic
+    /// queue's `max_length`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
     pub policy: MetricsPolicy,
 }
 
@@ -36,6 +41,7 @@ impl Default for ScalingPolicy {
             min_replicas: 1,
             max_replicas: 1,
             scale_to_zero_after: None,
+            max_pending: None,
             policy: MetricsPolicy::default(),
         }
     }

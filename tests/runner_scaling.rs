@@ -1,0 +1,113 @@
+//! A runner at zero replicas lets go of its model's weights, and the
+//! process's resident memory drops by about their size; the next request
+//! wakes it (loading them again) and gets the same answer.
+//!
+//! Alone in its test binary: it measures this process's resident memory,
+//! which other tests running beside it would disturb.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmbento_tests::{
+    ADMIN_TOKEN, build_plugin, embeddings, error_message, max_abs_diff, minilm_dir, serve_options,
+    temp_store, texts,
+};
+
+const MODEL: &str = "all-minilm-l6-v2";
+
+/// This process's resident set, in MiB (Linux).
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
+    let (_home, store) = temp_store();
+    store.import_model_dir(&minilm_dir(), &MODEL.parse().unwrap(), "test").unwrap();
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let (base, http) = (format!("http://{}", server.addr), reqwest::Client::new());
+    let encode = |body: Value| {
+        let (http, url) = (http.clone(), format!("{base}/embedder/encode"));
+        async move {
+            let res = http.post(url).json(&body).send().await.unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let admin = |path: &str| format!("{base}/admin/v1/deployments/embedder{path}");
+    let sentence = texts(&["A runner scales to zero and back."]);
+
+    let (status, body) = encode(sentence.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = embeddings(&body);
+    let runner = server.state.deployments["embedder"].runner(MODEL).expect("the model's runner");
+    assert_eq!((runner.replicas(), runner.status().loaded), (1, true));
+    let loaded_mib = resident_mib();
+
+    // To zero after 0.3 s idle.
+    let policy = json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.3});
+    let res = http.put(admin(&format!("/runners/{MODEL}/scaling"))).bearer_auth(ADMIN_TOKEN).json(&policy);
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
+    let mut loaded = runner.watch_loaded();
+    tokio::time::timeout(Duration::from_secs(10), loaded.wait_for(|l| !l))
+        .await
+        .expect("the runner never unloaded its weights")
+        .unwrap();
+    assert!(!server.models.is_loaded(runner.tag()), "the cache still holds the weights");
+    let unloaded_mib = resident_mib();
+    eprintln!("resident: {loaded_mib:.1} MiB with the weights, {unloaded_mib:.1} MiB without");
+    // all-MiniLM-L6-v2 holds 22.7 M parameters: 87 MiB in FP32.
+    assert!(
+        loaded_mib - unloaded_mib > 60.0,
+        "resident memory went from {loaded_mib:.1} MiB to {unloaded_mib:.1} MiB only"
+    );
+
+    let show: Value =
+        http.get(admin("")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(show["runners"][MODEL]["replicas"], 0, "{show}");
+    assert_eq!(show["runners"][MODEL]["loaded"], false, "{show}");
+
+    // The next request wakes the runner (loading the weights) and gets the same answer.
+    let (status, body) = encode(sentence.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(max_abs_diff(&before[0], &embeddings(&body)[0]) < 1e-6);
+    assert!(runner.status().loaded);
+
+    let events: Vec<String> = server.state.deployments["embedder"]
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "scale")
+        .map(|e| e.message)
+        .collect();
+    let prefix = format!("runner {MODEL} replicas");
+    assert!(events.iter().any(|m| m.starts_with(&format!("{prefix} 1 → 0"))), "{events:?}");
+    assert!(
+        events.iter().any(|m| m.starts_with(&format!("{prefix} 0 → 1")) && m.contains("woke from zero")),
+        "{events:?}"
+    );
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let current =
+        format!(r#"wasmbento_replicas{{deployment="embedder",component="runner:{MODEL}",kind="current"}}"#);
+    assert!(metrics.contains(&current), "{metrics}");
+
+    // A runner timeout shorter than loading the weights: the call waiting at
+    // zero fails with 504, naming the runner.
+    let traffic = json!({"timeout": 0.005});
+    let res = http.put(admin(&format!("/runners/{MODEL}/traffic"))).bearer_auth(ADMIN_TOKEN).json(&traffic);
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
+    let mut loaded = runner.watch_loaded();
+    tokio::time::timeout(Duration::from_secs(10), loaded.wait_for(|l| !l)).await.unwrap().unwrap();
+    let (status, body) = encode(sentence).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    let message = error_message(&body);
+    assert!(message.contains(&format!("runner {MODEL}")), "{message}");
+    server.shutdown().await.unwrap();
+}
