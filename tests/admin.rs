@@ -35,6 +35,16 @@ impl Admin {
         (res.status(), res.json().await.unwrap())
     }
 
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req =
+            self.http.request(method, format!("{}/admin/v1{path}", self.base)).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        (res.status(), res.json().await.unwrap())
+    }
+
     async fn sleep(&self, ms: u64) -> StatusCode {
         let url = format!("{}/m/sleep", self.base);
         self.http.post(url).json(&json!({"ms": ms, "tag": "t"})).send().await.unwrap().status()
@@ -188,7 +198,7 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     let policy = json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.2, "max_pending": 8});
     let (s, reply) = admin.put(&format!("{runner}/scaling"), policy).await;
     assert_eq!(s, StatusCode::OK, "{reply}");
-    let r = server.state.deployments["embedder"].runner("all-minilm-l6-v2").unwrap();
+    let r = server.state.deployments.get("embedder").unwrap().runner("all-minilm-l6-v2").unwrap();
     let mut loaded = r.watch_loaded();
     tokio::time::timeout(std::time::Duration::from_secs(10), loaded.wait_for(|l| !l)).await.unwrap().unwrap();
     let (s, reply) = admin.put(&format!("{runner}/traffic"), json!({"timeout": 5})).await;
@@ -202,7 +212,7 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     assert_eq!(admin.get(&format!("{runner}/traffic")).await.1["timeout"], 5.0);
     let (_, scaling) = admin.get(&format!("{runner}/scaling")).await;
     assert_eq!((scaling["min_replicas"].as_u64(), scaling["max_pending"].as_u64()), (Some(0), Some(8)));
-    let r = server.state.deployments["embedder"].runner("all-minilm-l6-v2").unwrap();
+    let r = server.state.deployments.get("embedder").unwrap().runner("all-minilm-l6-v2").unwrap();
     let mut loaded = r.watch_loaded();
     tokio::time::timeout(std::time::Duration::from_secs(10), loaded.wait_for(|l| !l)).await.unwrap().unwrap();
     let (_, events) = admin.get("/deployments/embedder/events").await;
@@ -214,5 +224,81 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
             .any(|e| e["message"].as_str().unwrap().starts_with("runner all-minilm-l6-v2 replicas 1 → 0")),
         "{events}"
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bentos_are_deployed_and_undeployed_at_run_time() {
+    use reqwest::Method;
+    let (_home, store) = temp_store();
+    build_plugin(&store, "plugins/hello").await.unwrap();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    // A host serving nothing yet.
+    let server = wasmbento::server::start(&store, serve_options(&[])).await.unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
+    let greet = |name: &'static str| {
+        let (http, url) = (admin.http.clone(), format!("{}/{name}/greet", admin.base));
+        async move { http.post(url).json(&json!({"name": "Bo"})).send().await.unwrap().status() }
+    };
+    assert_eq!(greet("hello").await, StatusCode::NOT_FOUND);
+
+    let (s, reply) = admin.send(Method::POST, "/deployments", Some(json!({"bento": "hello"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{reply}");
+    assert_eq!(reply["name"], "hello");
+    server.state.deployments.get("hello").unwrap().wait_ready().await.unwrap();
+    assert_eq!(greet("hello").await, StatusCode::OK);
+    let docs: Value =
+        admin.http.get(format!("{}/docs.json", admin.base)).send().await.unwrap().json().await.unwrap();
+    assert!(docs["paths"].get("/hello/greet").is_some(), "{docs}");
+
+    // Refusals name the problem and change nothing.
+    for (body, status, needle) in [
+        (json!({"bento": "hello"}), StatusCode::CONFLICT, "exists already"),
+        (json!({"bento": "nope"}), StatusCode::NOT_FOUND, "nope"),
+        (json!({"bento": "Hello"}), StatusCode::BAD_REQUEST, "bento: invalid tag"),
+        (json!({"bento": "hello", "name": "admin"}), StatusCode::BAD_REQUEST, "reserved"),
+        (json!({"bento": "hello", "name": "a b"}), StatusCode::BAD_REQUEST, "name: invalid tag"),
+        (json!({"bento": "hello", "replicas": 2}), StatusCode::BAD_REQUEST, "unknown field `replicas`"),
+        (json!({"bento": "hello", "traffic": {"timeout": 0}}), StatusCode::BAD_REQUEST, "traffic.timeout"),
+    ] {
+        let (s, reply) = admin.send(Method::POST, "/deployments", Some(body)).await;
+        assert_eq!(s, status, "{reply}");
+        let m = error_message(&reply);
+        assert!(m.contains(needle), "{m}");
+    }
+    assert_eq!(admin.get("/deployments").await.1.as_array().unwrap().len(), 1);
+
+    // Undeploying lets a running call finish, then the name is gone, with its stored configuration.
+    let (s, _) =
+        admin.send(Method::POST, "/deployments", Some(json!({"bento": "misbehave", "name": "m"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    server.state.deployments.get("m").unwrap().wait_ready().await.unwrap();
+    assert_eq!(admin.put("/deployments/m/traffic", json!({"timeout": 1.5})).await.0, StatusCode::OK);
+    let d = server.state.deployments.get("m").unwrap();
+    let running = {
+        let url = format!("{}/m/sleep", admin.base);
+        let http = admin.http.clone();
+        tokio::spawn(async move {
+            http.post(url).json(&json!({"ms": 600, "tag": "t"})).send().await.unwrap().status()
+        })
+    };
+    while d.gate().running() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let (s, reply) = admin.send(Method::DELETE, "/deployments/m", None).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    assert_eq!(running.await.unwrap(), StatusCode::OK);
+    assert_eq!(admin.sleep(1).await, StatusCode::NOT_FOUND);
+    assert_eq!(admin.get("/deployments/m").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(admin.send(Method::DELETE, "/deployments/m", None).await.0, StatusCode::NOT_FOUND);
+    let (s, _) =
+        admin.send(Method::POST, "/deployments", Some(json!({"bento": "misbehave", "name": "m"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        admin.get("/deployments/m/traffic").await.1["timeout"],
+        2.0,
+        "the old configuration came back"
+    );
+    assert_eq!(greet("hello").await, StatusCode::OK);
     server.shutdown().await.unwrap();
 }

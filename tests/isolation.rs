@@ -94,13 +94,13 @@ async fn second_start_loads_the_compiled_component_from_the_cache() {
     std::fs::remove_dir_all(store.compiled_cache_dir()).unwrap();
 
     let first = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
-    assert_eq!(first.state.deployments["hello"].loaded(), Loaded::Compiled);
+    assert_eq!(first.state.deployments.get("hello").unwrap().loaded(), Loaded::Compiled);
     first.shutdown().await.unwrap();
     let artifacts = std::fs::read_dir(store.compiled_cache_dir()).unwrap().count();
     assert_eq!(artifacts, 1);
 
     let second = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
-    assert_eq!(second.state.deployments["hello"].loaded(), Loaded::FromCache);
+    assert_eq!(second.state.deployments.get("hello").unwrap().loaded(), Loaded::FromCache);
     second.wait_ready().await.unwrap();
     let res = reqwest::Client::new()
         .post(format!("http://{}/hello/greet", second.addr))

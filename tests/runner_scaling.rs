@@ -48,7 +48,7 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     let (status, body) = encode(sentence.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let before = embeddings(&body);
-    let runner = server.state.deployments["embedder"].runner(MODEL).expect("the model's runner");
+    let runner = server.state.deployments.get("embedder").unwrap().runner(MODEL).expect("the model's runner");
     assert_eq!((runner.replicas(), runner.status().loaded), (1, true));
     let loaded_mib = resident_mib();
 
@@ -81,7 +81,11 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     assert!(max_abs_diff(&before[0], &embeddings(&body)[0]) < 1e-6);
     assert!(runner.status().loaded);
 
-    let events: Vec<String> = server.state.deployments["embedder"]
+    let events: Vec<String> = server
+        .state
+        .deployments
+        .get("embedder")
+        .unwrap()
         .events()
         .into_iter()
         .filter(|e| e.kind == "scale")

@@ -40,7 +40,7 @@ async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
     assert_eq!(d.replicas(), 1);
 
     let policy = json!({"min_replicas": 0, "max_replicas": 2, "scale_to_zero_after": 0.3,
@@ -110,7 +110,7 @@ async fn a_gauge_the_service_reports_drives_a_custom_metric_policy() {
     server.wait_ready().await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
 
     let policy = json!({"min_replicas": 1, "max_replicas": 5,
         "policy": {"metrics": [{"type": "custom", "name": "backlog", "value": 10}]}});
@@ -148,7 +148,7 @@ async fn a_scale_down_drains_and_a_request_arriving_meanwhile_is_served() {
     let server = wasmbento::server::start(&store, options).await.unwrap();
     server.wait_ready().await.unwrap();
     let (base, http) = (format!("http://{}", server.addr), reqwest::Client::new());
-    let d = std::sync::Arc::clone(&server.state.deployments["m"]);
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
     let sleep = |ms: u64, tag: &'static str| {
         let (http, url) = (http.clone(), format!("{base}/m/sleep"));
         tokio::spawn(async move {

@@ -37,7 +37,7 @@ async fn queue_order_overflow_and_deadlines() {
     let http = reqwest::Client::new();
 
     for (deployment, expected) in [("fifo", ["first", "b", "c"]), ("lifo", ["first", "c", "b"])] {
-        let gate = Arc::clone(server.state.deployments[deployment].gate());
+        let gate = Arc::clone(server.state.deployments.get(deployment).unwrap().gate());
         let finished = Arc::new(Mutex::new(Vec::new()));
         let send = |tag: &'static str, ms: u64| {
             let (http, finished) = (http.clone(), Arc::clone(&finished));
@@ -85,7 +85,7 @@ async fn queue_order_overflow_and_deadlines() {
     // A 0.5 s deadline: the running call is interrupted (504); the one queued
     // behind it is not started with no time left but answered 504 from the
     // queue (the deadline strategy), both on time.
-    let gate = Arc::clone(server.state.deployments["tight"].gate());
+    let gate = Arc::clone(server.state.deployments.get("tight").unwrap().gate());
     let slow = {
         let http = http.clone();
         let url = format!("{base}/tight/sleep");

@@ -4,7 +4,9 @@
 //! | route | |
 //! |---|---|
 //! | `GET /admin/v1/deployments` | every deployment with its configuration |
+//! | `POST /admin/v1/deployments` | deploy a stored bento: `{"bento": "name:version", "name": ...}` |
 //! | `GET /admin/v1/deployments/{name}` | one deployment, with running/waiting counts |
+//! | `DELETE /admin/v1/deployments/{name}` | undeploy (running calls finish) |
 //! | `GET`/`PUT /admin/v1/deployments/{name}/traffic` | traffic JSON (takes effect at once) |
 //! | `GET`/`PUT /admin/v1/deployments/{name}/scaling` | scaling policy JSON |
 //! | `GET /admin/v1/deployments/{name}/events` | recent events with reasons |
@@ -27,7 +29,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, DeploymentSpec};
+use crate::fleet::DeployError;
 use crate::http::{ApiError, AppState};
 use crate::manifest::{RunnerConfig, RunnerTraffic, Traffic};
 use crate::scale::ScalingPolicy;
@@ -35,8 +38,8 @@ use crate::scale::ScalingPolicy;
 /// The admin routes, behind the bearer-token check.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/deployments", get(list))
-        .route("/deployments/{name}", get(show))
+        .route("/deployments", get(list).post(deploy))
+        .route("/deployments/{name}", get(show).delete(undeploy))
         .route("/deployments/{name}/traffic", get(get_traffic).put(put_traffic))
         .route("/deployments/{name}/scaling", get(get_scaling).put(put_scaling))
         .route("/deployments/{name}/events", get(events))
@@ -74,11 +77,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn find(app: &AppState, name: &str) -> Result<Arc<Deployment>, ApiError> {
-    app.deployments.get(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = app.deployments.keys().map(String::as_str).collect();
+    app.deployments.get(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no deployment named {name:?} (deployments: {})", known.join(", ")),
+            format!("no deployment named {name:?} (deployments: {})", app.deployments.names().join(", ")),
         )
     })
 }
@@ -112,7 +114,57 @@ fn summary(d: &Deployment) -> Value {
 }
 
 async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
-    Json(Value::Array(app.deployments.values().map(|d| summary(d)).collect()))
+    Json(Value::Array(app.deployments.all().iter().map(|d| summary(d)).collect()))
+}
+
+/// The body of `POST /admin/v1/deployments`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    /// `name[:version]` of a bento in the store.
+    bento: String,
+    /// Defaults to the bento's name.
+    #[serde(default)]
+    name: Option<String>,
+    /// Overrides the bento's traffic defaults.
+    #[serde(default)]
+    traffic: Option<Traffic>,
+}
+
+async fn deploy(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: DeployRequest = parse(&headers, &body)?;
+    let bad = |field: &str, e: crate::tag::TagError| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {e}"))
+    };
+    let bento = request.bento.parse().map_err(|e| bad("bento", e))?;
+    if let Some(name) = &request.name {
+        crate::tag::check_part(name, "deployment name", name).map_err(|e| bad("name", e))?;
+    }
+    if let Some(traffic) = &request.traffic {
+        traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
+    let spec = DeploymentSpec { bento, name: request.name, traffic: request.traffic };
+    match app.deployments.deploy(&spec).await {
+        Ok(d) => Ok((StatusCode::CREATED, Json(summary(&d)))),
+        Err(e @ DeployError::Exists(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ DeployError::Reserved) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
+        // Most often the bento or one of its models is not in the store.
+        Err(DeployError::Prepare(e)) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}"))),
+    }
+}
+
+async fn undeploy(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match app.deployments.undeploy(&name).map_err(internal)? {
+        Some(d) => Ok(Json(json!({"name": d.name(), "undeployed": true}))),
+        None => Err(find(&app, &name).err().expect("no such deployment")),
+    }
 }
 
 async fn show(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -67,8 +67,9 @@ pub enum ModelsCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Bentos to serve: `bento[:version]`, or `name=bento[:version]` to
-    /// choose the deployment name (default: the bento's name).
-    #[arg(required = true, value_name = "BENTO")]
+    /// choose the deployment name (default: the bento's name). With none,
+    /// deploy through the admin API.
+    #[arg(value_name = "BENTO")]
     pub bentos: Vec<DeploymentSpec>,
     /// The deployment name, when serving a single bento.
     #[arg(long)]
@@ -199,13 +200,13 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
     };
     let server = server::start(store, options).await?;
     let addr = server.addr;
-    for d in server.state.deployments.values() {
+    for d in server.state.deployments.all() {
         for api in &d.bento().apis {
             tracing::info!("POST http://{addr}/{}/{}", d.name(), api.name);
         }
     }
     tracing::info!("listening on http://{addr} (docs: /docs.json, metrics: /metrics)");
-    let deployments: Vec<_> = server.state.deployments.values().cloned().collect();
+    let deployments = server.state.deployments.all();
     tokio::spawn(async move {
         for d in deployments {
             if let Err(e) = d.wait_ready().await {

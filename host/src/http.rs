@@ -8,7 +8,6 @@
 //! Every response carries `x-request-id` (the caller's, or a new one). Every
 //! error is JSON `{"error": "..."}` naming the problem.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -33,24 +32,22 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// What the handlers share.
 pub struct AppState {
-    pub deployments: BTreeMap<String, Arc<Deployment>>,
+    pub deployments: crate::fleet::Fleet,
     pub metrics: Metrics,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
     /// The bearer token of the admin API.
     pub admin_token: String,
-    openapi: serde_json::Value,
 }
 
 impl AppState {
     pub fn new(
-        deployments: BTreeMap<String, Arc<Deployment>>,
+        deployments: crate::fleet::Fleet,
         metrics: Metrics,
         max_request_bytes: usize,
         admin_token: String,
     ) -> AppState {
-        let openapi = crate::openapi::document(deployments.values().map(|d| d.as_ref()));
-        AppState { deployments, metrics, max_request_bytes, admin_token, openapi }
+        AppState { deployments, metrics, max_request_bytes, admin_token }
     }
 }
 
@@ -137,7 +134,8 @@ impl From<DeploymentError> for ApiError {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let waiting: Vec<String> = app
         .deployments
-        .values()
+        .all()
+        .iter()
         .filter_map(|d| d.not_ready_reason().map(|why| format!("{}: {why}", d.name())))
         .collect();
     if waiting.is_empty() {
@@ -157,7 +155,8 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn docs(State(app): State<Arc<AppState>>) -> Response {
-    Json(app.openapi.clone()).into_response()
+    let deployments = app.deployments.all();
+    Json(crate::openapi::document(deployments.iter().map(|d| d.as_ref()))).into_response()
 }
 
 async fn call_api(
@@ -167,10 +166,12 @@ async fn call_api(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Some(d) = app.deployments.get(&deployment) else {
-        let known: Vec<&str> = app.deployments.keys().map(String::as_str).collect();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no deployment named {deployment:?} (deployments: {})", known.join(", ")),
+            format!(
+                "no deployment named {deployment:?} (deployments: {})",
+                app.deployments.names().join(", ")
+            ),
         ));
     };
     if d.api(&api).is_none() {
@@ -184,7 +185,7 @@ async fn call_api(
     let labels = ApiLabels { deployment: deployment.clone(), api: api.clone() };
     let in_progress = InProgress::enter(app.metrics.in_progress.get_or_create(&labels).clone());
     let started = Instant::now();
-    let result = handle_call(&app, d, &api, &headers, body).await;
+    let result = handle_call(&app, &d, &api, &headers, body).await;
     drop(in_progress);
 
     let status = match &result {

@@ -3,10 +3,14 @@
 //! A request's path through the host reads like the architecture:
 //!
 //! * [`http`]: routes, request checks, failure → status code;
+//! * [`fleet`]: the deployments served, deployed and undeployed at run time;
 //! * [`deployment`]: which bento, which configuration, readiness;
 //! * [`instance`]: wasmtime engine, compiled components, a fresh instance per call;
 //! * [`nn`]: the `wasi:nn` host and the other guest imports;
 //! * [`runner`]: native model execution shared by all instances (candle on CPU).
+//!
+//! Scaling: [`traffic`] (admission gates and queues) and [`scale`] (policies,
+//! the autoscaler, one controller per component).
 //!
 //! Beside it: [`store`] (models and bentos on disk), [`builder`] (plugin →
 //! bento), [`hub`] (model import), [`compile_cache`], [`metrics`],
@@ -18,6 +22,7 @@ pub mod builder;
 pub mod cli;
 pub mod compile_cache;
 pub mod deployment;
+pub mod fleet;
 pub mod http;
 pub mod hub;
 pub mod instance;

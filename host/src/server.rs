@@ -1,19 +1,17 @@
 //! `wasmbento serve`: prepare deployments, load their models, serve HTTP.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::deployment::{Deployment, DeploymentSpec};
+use crate::deployment::DeploymentSpec;
 use crate::http::{AppState, router};
 use crate::instance::{Runtime, RuntimeOptions};
 use crate::runner::ModelCache;
-use crate::scale::controller::Component;
 use crate::store::Store;
 
 /// Default largest request body: 4 MiB.
@@ -44,7 +42,6 @@ pub struct RunningServer {
     pub runtime: Runtime,
     /// The loaded models, shared by every deployment.
     pub models: Arc<ModelCache>,
-    controllers: Vec<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -53,7 +50,7 @@ pub struct RunningServer {
 /// loading continues in the background; `/readyz` says when it is done.
 pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer> {
     if options.deployments.is_empty() {
-        bail!("nothing to serve: name at least one bento");
+        tracing::warn!("no bento named: serving none until one is deployed through the admin API");
     }
     let runtime = Runtime::new(&options.runtime, &store.compiled_cache_dir())?;
     tracing::info!(pooling = runtime.pooling(), "engine ready");
@@ -62,46 +59,14 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         crate::runner::Batching { max_batch_size: options.max_batch_size, max_latency: options.max_latency };
     let models = Arc::new(ModelCache::new(metrics.batch_size.clone(), batching));
 
-    let mut deployments = BTreeMap::new();
-    let mut pending = Vec::new();
-    for spec in &options.deployments {
-        let (store, runtime, spec2) = (store.clone(), runtime.clone(), spec.clone());
-        let (deployment, models) =
-            tokio::task::spawn_blocking(move || Deployment::prepare(&store, &runtime, &spec2)).await??;
-        let deployment = Arc::new(deployment);
-        if deployment.name() == "admin" {
-            bail!("\"admin\" is reserved for the admin API; serve the bento under another name (name=bento)");
-        }
-        if deployments.insert(deployment.name().to_string(), Arc::clone(&deployment)).is_some() {
-            bail!("two deployments are named {:?}; give one another name with name=bento", deployment.name());
-        }
-        pending.push((deployment, models));
-    }
-    let replica_gauges = metrics.replicas.clone();
-    let mut controllers = Vec::new();
-    for (deployment, stored) in pending {
-        let (cache, gauges) = (Arc::clone(&models), replica_gauges.clone());
-        let interval = options.autoscale_interval;
-        controllers.push(tokio::spawn(crate::scale::controller::run(
-            Component::Api(Arc::clone(&deployment)),
-            interval,
-            gauges.clone(),
-        )));
-        // Runners get their controllers once their first replica is up;
-        // aborting this task stops them too.
-        controllers.push(tokio::spawn(async move {
-            if let Err(e) = deployment.load_models(&cache, stored).await {
-                tracing::error!(deployment = deployment.name(), error = %format!("{e:#}"), "loading models failed; the deployment stays unready");
-                return;
-            }
-            let mut runners = tokio::task::JoinSet::new();
-            for runner in deployment.runners().into_values() {
-                let component = Component::Runner(Arc::clone(&deployment), runner);
-                runners.spawn(crate::scale::controller::run(component, interval, gauges.clone()));
-            }
-            while runners.join_next().await.is_some() {}
-        }));
-    }
+    let fleet = crate::fleet::Fleet::new(
+        store.clone(),
+        runtime.clone(),
+        Arc::clone(&models),
+        metrics.replicas.clone(),
+        options.autoscale_interval,
+    );
+    crate::fleet::deploy_all(&fleet, &options.deployments).await?;
 
     let admin_token = match options.admin_token {
         Some(token) if !token.is_empty() => token,
@@ -111,7 +76,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             token
         }
     };
-    let state = Arc::new(AppState::new(deployments, metrics, options.max_request_bytes, admin_token));
+    let state = Arc::new(AppState::new(fleet, metrics, options.max_request_bytes, admin_token));
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;
@@ -124,13 +89,13 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             })
             .await
     });
-    Ok(RunningServer { addr, state, runtime, models, controllers, shutdown: Some(tx), task })
+    Ok(RunningServer { addr, state, runtime, models, shutdown: Some(tx), task })
 }
 
 impl RunningServer {
     /// Waits until every deployment is ready (or one failed to load).
     pub async fn wait_ready(&self) -> Result<()> {
-        for deployment in self.state.deployments.values() {
+        for deployment in self.state.deployments.all() {
             deployment.wait_ready().await?;
         }
         Ok(())
@@ -138,9 +103,7 @@ impl RunningServer {
 
     /// Stops accepting, finishes in-flight requests and returns.
     pub async fn shutdown(mut self) -> Result<()> {
-        for c in &self.controllers {
-            c.abort();
-        }
+        self.state.deployments.stop();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

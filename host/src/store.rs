@@ -201,6 +201,17 @@ impl Store {
         }
     }
 
+    /// Deletes a deployment's stored configuration (none is fine).
+    pub fn delete_deployment_config(&self, name: &str) -> Result<()> {
+        let path = self.root.join("deployments").join(format!("{name}.json"));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("deleting {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Stores a deployment's configuration atomically: the old file or the
     /// new one is there in full after a crash at any point, never a mix.
     pub fn save_deployment_config(

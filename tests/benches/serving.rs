@@ -321,7 +321,7 @@ async fn main() {
     {
         let server = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
         server.wait_ready().await.unwrap();
-        let d = Arc::clone(&server.state.deployments["hello"]);
+        let d = Arc::clone(&server.state.deployments.get("hello").unwrap());
         let mut policy = wasmbento::scale::ScalingPolicy::default();
         policy.min_replicas = 0;
         d.set_scaling(policy).unwrap();
@@ -356,6 +356,55 @@ async fn main() {
         line("| from zero (ms) | warm (ms) | ratio |".into());
         line("|---|---|---|".into());
         line(format!("| {c:.3} | {w:.3} | {:.2} |", c / w));
+        server.shutdown().await.unwrap();
+    }
+
+    // ---- 2c. scale from zero: the embedder, whose runner reloads the weights ----
+    {
+        let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+        server.wait_ready().await.unwrap();
+        let d = server.state.deployments.get("embedder").unwrap();
+        let at_zero = wasmbento::scale::ScalingPolicy { min_replicas: 0, ..Default::default() };
+        d.set_scaling(at_zero.clone()).unwrap();
+        d.set_runner_scaling("all-minilm-l6-v2", at_zero).unwrap();
+        let runner = d.runner("all-minilm-l6-v2").unwrap();
+        let url = format!("http://{}/embedder/encode", server.addr);
+        let http = reqwest::Client::new();
+        let call = || async {
+            let t = Instant::now();
+            let res = http.post(&url).json(&json!({"texts": [SENTENCES[0]]})).send().await.unwrap();
+            assert!(res.status().is_success());
+            res.bytes().await.unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        for _ in 0..10 {
+            call().await;
+        }
+        let unload = || async {
+            runner.set_replicas(0).await.unwrap();
+            runner.watch_loaded().wait_for(|l| !l).await.unwrap();
+        };
+        let (mut both, mut runner_only, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..20 {
+            d.set_replicas(0, "benchmark: to zero").unwrap();
+            unload().await;
+            both.push(call().await);
+            unload().await;
+            runner_only.push(call().await);
+            warm.push(call().await);
+        }
+        let (b, r, w) = (median(both), median(runner_only), median(warm));
+        line(String::new());
+        line("## embedder over HTTP: first request at zero replicas vs a warm request (median of 20)".into());
+        line(
+            "*API + runner at zero*: the component is reloaded from the compile cache and the runner".into(),
+        );
+        line("loads all-MiniLM-L6-v2's weights (87 MiB) before the call runs; *runner at zero*: the".into());
+        line("weights only.".into());
+        line(String::new());
+        line("| API + runner at zero (ms) | runner at zero (ms) | warm (ms) | ratio (both / warm) |".into());
+        line("|---|---|---|---|".into());
+        line(format!("| {b:.1} | {r:.1} | {w:.1} | {:.1} |", b / w));
         server.shutdown().await.unwrap();
     }
 
