@@ -42,8 +42,80 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a bento from the store (its models stay; see `models delete`).
+    Delete {
+        /// The bento, name[:version].
+        bento: Tag,
+    },
+    /// Push a bento (with its models) or a model to an OCI registry.
+    Push {
+        /// A bento or model in the store, name[:version].
+        artifact: Tag,
+        /// Where to: host[:port]/repository[:tag] (the tag defaults to the version).
+        reference: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Pull a bento (with its models) or a model from an OCI registry.
+    Pull {
+        /// host[:port]/repository[:tag|@digest]
+        reference: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Store credentials for a registry (used for it only).
+    Login {
+        /// The registry: host[:port].
+        registry: String,
+        #[arg(long, short)]
+        username: String,
+        /// Read the password from standard input (otherwise WASMBENTO_REGISTRY_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Serve bentos over HTTP, one deployment each.
     Serve(ServeArgs),
+}
+
+/// How transfers report.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Output {
+    /// No progress bars or summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print a JSON summary instead of progress bars.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+}
+
+impl Output {
+    fn progress(&self) -> crate::oci::registry::Progress {
+        if self.quiet || self.json {
+            crate::oci::registry::Progress::hidden()
+        } else {
+            crate::oci::registry::Progress::bars()
+        }
+    }
+
+    fn report(&self, verb: &str, t: &crate::oci::registry::Transfer) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(t)?);
+        } else if !self.quiet {
+            let mib = t.bytes_transferred as f64 / (1024.0 * 1024.0);
+            println!(
+                "{verb} {} {} as {} ({}): {} blobs, {mib:.1} MiB in {:.1}s ({:.1} MiB/s), {} already there",
+                t.kind,
+                t.tag,
+                t.reference,
+                t.digest,
+                t.blobs_transferred,
+                t.seconds,
+                mib / t.seconds.max(1e-3),
+                t.blobs_skipped
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,15 +134,37 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Push a model to an OCI registry.
+    Push {
+        /// A model in the store, name[:version].
+        model: Tag,
+        /// Where to: host[:port]/repository[:tag].
+        reference: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Pull a model from an OCI registry.
+    Pull {
+        /// host[:port]/repository[:tag|@digest]
+        reference: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a model from the store (refused while a bento uses it).
+    Delete {
+        /// The model, name[:version].
+        model: Tag,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Bentos to serve: `bento[:version]`, or `name=bento[:version]` to
-    /// choose the deployment name (default: the bento's name). With none,
-    /// deploy through the admin API.
+    /// choose the deployment name (default: the bento's name). A registry
+    /// reference (`host[:port]/repository[:tag]`) is pulled first. With
+    /// none, deploy through the admin API.
     #[arg(value_name = "BENTO")]
-    pub bentos: Vec<DeploymentSpec>,
+    pub bentos: Vec<String>,
     /// The deployment name, when serving a single bento.
     #[arg(long)]
     pub name: Option<String>,
@@ -110,6 +204,29 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Models(ModelsCommand::Import { source, name }) => import_model(&store, &source, &name).await,
         Command::Models(ModelsCommand::List { json }) => list_models(&store, json),
+        Command::Models(ModelsCommand::Push { model, reference, output }) => {
+            push(&store, &model, &reference, output, Some(Kind::Model)).await
+        }
+        Command::Models(ModelsCommand::Pull { reference, output }) => {
+            pull(&store, &reference, output, Some(Kind::Model)).await.map(drop)
+        }
+        Command::Models(ModelsCommand::Delete { model }) => {
+            let deleted = store.delete_model(&model)?;
+            println!("deleted model {}", deleted.tag());
+            Ok(())
+        }
+        Command::Delete { bento } => {
+            let deleted = store.delete_bento(&bento)?;
+            println!("deleted bento {}", deleted.manifest.tag());
+            Ok(())
+        }
+        Command::Push { artifact, reference, output } => {
+            push(&store, &artifact, &reference, output, None).await
+        }
+        Command::Pull { reference, output } => pull(&store, &reference, output, None).await.map(drop),
+        Command::Login { registry, username, password_stdin } => {
+            login(&store, &registry, username, password_stdin).await
+        }
         Command::Build { dir } => {
             let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir())?;
             let bento = crate::builder::build(&store, &runtime, &dir).await?;
@@ -121,6 +238,86 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::List { json } => list_bentos(&store, json),
         Command::Serve(args) => serve(&store, args).await,
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bento,
+    Model,
+}
+
+async fn push(store: &Store, tag: &Tag, reference: &str, output: Output, kind: Option<Kind>) -> Result<()> {
+    use crate::oci::registry::{Registry, parse_reference};
+    let kind = match kind {
+        Some(kind) => kind,
+        None => match (store.bento(tag).is_ok(), store.model(tag).is_ok()) {
+            (true, true) => {
+                anyhow::bail!("{tag} is both a bento and a model; use `wasmbento models push` for the model")
+            }
+            (true, false) => Kind::Bento,
+            (false, true) => Kind::Model,
+            (false, false) => anyhow::bail!("no bento or model {tag} in the store"),
+        },
+    };
+    let mut target = parse_reference(reference)?;
+    // The parser fills in `latest`; only an explicit tag overrides the version.
+    let last = reference.rsplit('/').next().unwrap_or_default();
+    if !last.contains(':') && !last.contains('@') {
+        // No tag given: the artifact's version.
+        let version = match kind {
+            Kind::Bento => store.bento(tag)?.manifest.version,
+            Kind::Model => store.model(tag)?.info.version,
+        };
+        target =
+            oci_client::Reference::with_tag(target.registry().into(), target.repository().into(), version);
+    }
+    let registry = Registry::for_reference(store, &target, output.progress())?;
+    let transfer = match kind {
+        Kind::Bento => registry.push_bento(store, tag, &target).await?,
+        Kind::Model => registry.push_model(store, tag, &target).await?,
+    };
+    output.report("pushed", &transfer)
+}
+
+/// Pulls an artifact; returns what it was stored as.
+async fn pull(
+    store: &Store,
+    reference: &str,
+    output: Output,
+    kind: Option<Kind>,
+) -> Result<crate::oci::registry::Transfer> {
+    use crate::oci::registry::{Registry, parse_reference};
+    let reference = parse_reference(reference)?;
+    let registry = Registry::for_reference(store, &reference, output.progress())?;
+    let transfer = registry.pull(store, &reference).await?;
+    if kind == Some(Kind::Model) && transfer.kind != "model" {
+        anyhow::bail!(
+            "{} is a {}, not a model (it was pulled; see `wasmbento list`)",
+            transfer.reference,
+            transfer.kind
+        );
+    }
+    output.report("pulled", &transfer)?;
+    Ok(transfer)
+}
+
+async fn login(store: &Store, registry: &str, username: String, password_stdin: bool) -> Result<()> {
+    use crate::oci::credentials::{Credentials, save};
+    use crate::oci::registry::{Progress, Registry};
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        std::env::var("WASMBENTO_REGISTRY_PASSWORD").context(
+            "give the password on standard input (--password-stdin) or in WASMBENTO_REGISTRY_PASSWORD",
+        )?
+    };
+    let auth = oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone());
+    Registry::with_auth(registry, auth, Progress::hidden()).check_login().await?;
+    save(store.root(), registry, &Credentials { username, password })?;
+    println!("logged in to {registry}; credentials saved in {}", store.root().join("auth.json").display());
+    Ok(())
 }
 
 async fn import_model(store: &Store, source: &str, tag: &Tag) -> Result<()> {
@@ -179,7 +376,25 @@ fn list_bentos(store: &Store, json: bool) -> Result<()> {
 }
 
 async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
-    let mut deployments = args.bentos;
+    let mut deployments = Vec::new();
+    for arg in &args.bentos {
+        let (name, bento) = match arg.split_once('=') {
+            Some((name, bento)) => (Some(name), bento),
+            None => (None, arg.as_str()),
+        };
+        if !crate::oci::registry::is_reference(bento) {
+            deployments.push(arg.parse::<DeploymentSpec>()?);
+            continue;
+        }
+        let output = Output { quiet: false, json: false };
+        let pulled = pull(store, bento, output, None).await?;
+        anyhow::ensure!(pulled.kind == "bento", "{bento} is a {}, not a bento", pulled.kind);
+        let spec = match name {
+            Some(name) => format!("{name}={}", pulled.tag),
+            None => pulled.tag.clone(),
+        };
+        deployments.push(spec.parse::<DeploymentSpec>()?);
+    }
     if let Some(name) = args.name {
         anyhow::ensure!(
             deployments.len() == 1,

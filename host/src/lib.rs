@@ -30,6 +30,7 @@ pub mod json;
 pub mod manifest;
 pub mod metrics;
 pub mod nn;
+pub mod oci;
 pub mod openapi;
 pub mod runner;
 pub mod scale;

@@ -1,24 +1,28 @@
 //! The local store of models, bentos and compiled components.
 //!
 //! Everything the host keeps on disk lives under one root, `$WASMBENTO_HOME`
-//! (default: `wasmbento` in the user's data directory):
+//! (default: `wasmbento` in the user's data directory). The root is an OCI
+//! image layout ([`crate::oci::layout`]), so standard tools read it
+//! (`skopeo inspect oci:$WASMBENTO_HOME:bento/embedder:0.1.0`):
 //!
 //! ```text
-//! models/<name>/<version>/        model files (config.json, model.safetensors, ...)
-//! models/<name>/<version>/model.json   what was imported, from where, file digests
-//! bentos/<name>/<version>/bento.toml   the bento manifest
-//! bentos/<name>/<version>/service.wasm the component
+//! oci-layout, index.json       the layout; tags are bento/<name>:<version>, model/<name>:<version>
+//! blobs/sha256/<hex>           components, bento manifests, model files, configs, manifests
+//! cache/models/<hex>/          a model's files by name (hard links to its blobs), for the runners
 //! cache/compiled/<digest>-<engine>.cwasm  precompiled components
-//! deployments/<name>.json              a deployment's traffic and scaling
+//! deployments/<name>.json      a deployment's traffic and scaling
+//! tmp/                         staging; nothing here is visible as stored
 //! ```
 //!
-//! Entries appear atomically: they are written under `tmp/` and renamed into
-//! place, so a crash never leaves a half-written model or bento visible.
-//! `latest` resolves to the most recently created version. All access goes
-//! through [`Store`], so the on-disk format is this module's business alone.
+//! The format of bentos and models is in [`crate::oci::media`]. A model's
+//! files are stored once however many bentos use it. Entries appear
+//! atomically: blobs are staged, checked and renamed in, and a tag is added
+//! last. `latest` resolves to the most recently created version. All access
+//! goes through [`Store`].
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,17 +30,23 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+
 use crate::manifest::BentoManifest;
+use crate::oci::layout::{Blob, Layout};
+use crate::oci::media;
 use crate::tag::Tag;
 
-const MODEL_INFO: &str = "model.json";
-const BENTO_MANIFEST: &str = "bento.toml";
-const BENTO_COMPONENT: &str = "service.wasm";
+/// Tags of models in the layout: `model/<name>:<version>`.
+const MODEL_REF: &str = "model/";
+/// Tags of bentos in the layout: `bento/<name>:<version>`.
+const BENTO_REF: &str = "bento/";
 
 /// The store rooted at one directory.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    layout: Layout,
 }
 
 /// What `model.json` records about an imported model.
@@ -64,7 +74,10 @@ pub struct FileInfo {
 #[derive(Debug, Clone)]
 pub struct StoredModel {
     pub info: ModelInfo,
+    /// The model's files by name.
     pub dir: PathBuf,
+    /// Digest of the model's OCI manifest.
+    pub digest: String,
 }
 
 impl StoredModel {
@@ -78,6 +91,10 @@ impl StoredModel {
 pub struct StoredBento {
     pub manifest: BentoManifest,
     pub component_path: PathBuf,
+    /// Digest of the bento's OCI manifest.
+    pub digest: String,
+    /// The OCI manifest itself.
+    pub oci: OciImageManifest,
 }
 
 impl Store {
@@ -95,11 +112,17 @@ impl Store {
     /// The store rooted at `root`, created if missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for sub in ["models", "bentos", "tmp", "cache/compiled"] {
+        for sub in ["tmp", "cache/compiled", "cache/models"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating the store at {}", root.display()))?;
         }
-        Ok(Store { root })
+        let layout = Layout::open(&root, root.join("tmp"))?;
+        Ok(Store { root, layout })
+    }
+
+    /// The OCI image layout the store keeps its content in.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn root(&self) -> &Path {
@@ -126,9 +149,9 @@ impl Store {
         if !src.is_dir() {
             bail!("{} is not a directory", src.display());
         }
-        let scratch = self.scratch_dir()?;
+        let _writing = self.layout.writing()?;
         let mut files = Vec::new();
-        copy_tree(src, src, scratch.path(), &mut files)?;
+        store_tree(&self.layout, src, src, &mut files)?;
         if files.is_empty() {
             bail!("{} holds no files", src.display());
         }
@@ -141,11 +164,16 @@ impl Store {
             created: rfc3339(SystemTime::now()),
             files,
         };
-        let dest = self.root.join("models").join(&info.name).join(&info.version);
-        if dest.exists() {
-            let existing = self.read_model_info(&dest)?;
-            if same_files(&existing.files, &info.files) {
-                return Ok(StoredModel { info: existing, dir: dest });
+        self.put_model(info)
+    }
+
+    /// Tags a model whose files are in the layout already.
+    pub fn put_model(&self, info: ModelInfo) -> Result<StoredModel> {
+        let reference = format!("{MODEL_REF}{}:{}", info.name, info.version);
+        if let Some(existing) = self.layout.resolve(&reference)? {
+            let existing = self.stored_model(&existing.digest)?;
+            if same_files(&existing.info.files, &info.files) {
+                return Ok(existing);
             }
             bail!(
                 "model {}:{} already exists with different files; pick another version",
@@ -153,38 +181,118 @@ impl Store {
                 info.version
             );
         }
-        fs::write(scratch.path().join(MODEL_INFO), serde_json::to_vec_pretty(&info)?)?;
-        publish(scratch, &dest)?;
-        Ok(StoredModel { info, dir: dest })
+        let config = self.layout.put_bytes(&serde_json::to_vec_pretty(&info)?)?;
+        let layers = info
+            .files
+            .iter()
+            .map(|f| {
+                let blob = Blob { digest: f.digest.clone(), size: f.size };
+                with_annotation(blob.descriptor(media::MODEL_FILE), media::TITLE, &f.path)
+            })
+            .collect();
+        let created = BTreeMap::from([(media::CREATED.to_string(), info.created.clone())]);
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(media::MANIFEST.into()),
+            config: config.descriptor(media::MODEL_CONFIG),
+            layers,
+            subject: None,
+            artifact_type: Some(media::MODEL_ARTIFACT.into()),
+            annotations: Some(created.clone()),
+        };
+        let blob = self.layout.put_manifest(&reference, &serde_json::to_vec_pretty(&manifest)?, created)?;
+        self.stored_model(&blob.digest)
     }
 
     /// Finds a model by tag (`latest` resolves to the newest).
     pub fn model(&self, tag: &Tag) -> Result<StoredModel> {
-        let versions = self.root.join("models").join(&tag.name);
-        let dir = if tag.is_latest() {
-            newest(&versions, |dir| Ok(self.read_model_info(dir)?.created))?
-        } else {
-            Some(versions.join(&tag.version)).filter(|d| d.is_dir())
-        };
-        let dir = dir.ok_or_else(|| {
-            anyhow!("model {tag} is not in the store; add it with `wasmbento models import`")
+        let digest = self.resolve(MODEL_REF, tag)?.ok_or_else(|| {
+            anyhow!("model {tag} is not in the store; add it with `wasmbento models import` or `models pull`")
         })?;
-        Ok(StoredModel { info: self.read_model_info(&dir)?, dir })
+        self.stored_model(&digest)
     }
 
     /// Every stored model, sorted by name then version.
     pub fn models(&self) -> Result<Vec<StoredModel>> {
-        let mut out = Vec::new();
-        for dir in entries(&self.root.join("models"), 2)? {
-            out.push(StoredModel { info: self.read_model_info(&dir)?, dir });
-        }
-        Ok(out)
+        self.layout.tagged(MODEL_REF)?.values().map(|e| self.stored_model(&e.digest)).collect()
     }
 
-    fn read_model_info(&self, dir: &Path) -> Result<ModelInfo> {
-        let path = dir.join(MODEL_INFO);
-        let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?)
+    /// A model by the digest of its manifest, with its files laid out by name.
+    pub fn stored_model(&self, digest: &str) -> Result<StoredModel> {
+        let manifest = self.layout.read_manifest(digest)?;
+        if manifest.config.media_type != media::MODEL_CONFIG {
+            bail!("{digest} is not a model (config {})", manifest.config.media_type);
+        }
+        let info: ModelInfo = serde_json::from_slice(&self.layout.read_blob(&manifest.config.digest)?)
+            .with_context(|| format!("parsing the config of model {digest}"))?;
+        let dir = self.model_files(digest, &info)?;
+        Ok(StoredModel { info, dir, digest: digest.to_string() })
+    }
+
+    /// `cache/models/<hex>/`: the model's files by name, hard links to the
+    /// blobs (copies where links are not possible), made once.
+    fn model_files(&self, digest: &str, info: &ModelInfo) -> Result<PathBuf> {
+        let dir = self.root.join("cache/models").join(crate::oci::sha256_hex(digest)?);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let scratch = self.scratch_dir()?;
+        for file in &info.files {
+            let rel = safe_relative_path(&file.path)?;
+            let dest = scratch.path().join(rel);
+            fs::create_dir_all(dest.parent().expect("a file has a parent"))?;
+            let blob = self.layout.blob_path(&file.digest)?;
+            if !blob.is_file() {
+                bail!(
+                    "model {}:{}: file {} ({}) is missing from the store",
+                    info.name,
+                    info.version,
+                    file.path,
+                    file.digest
+                );
+            }
+            if fs::hard_link(&blob, &dest).is_err() {
+                fs::copy(&blob, &dest)?;
+            }
+        }
+        match fs::rename(scratch.keep(), &dir) {
+            Ok(()) => Ok(dir),
+            // Another process laid it out first.
+            Err(_) if dir.is_dir() => Ok(dir),
+            Err(e) => Err(e).with_context(|| format!("laying out {}", dir.display())),
+        }
+    }
+
+    /// Deletes a model unless a bento uses it; frees its blobs that nothing
+    /// else uses.
+    pub fn delete_model(&self, tag: &Tag) -> Result<StoredModel> {
+        let model = self.model(tag)?;
+        for bento in self.bentos()? {
+            if bento.model_digests()?.contains(&model.digest) {
+                bail!(
+                    "model {} is used by bento {}; delete the bento first",
+                    model.tag(),
+                    bento.manifest.tag()
+                );
+            }
+        }
+        self.layout.untag(&format!("{MODEL_REF}{}", model.tag()))?;
+        let _ = fs::remove_dir_all(&model.dir);
+        self.layout.collect_garbage()?;
+        Ok(model)
+    }
+
+    /// The digest tagged `<prefix><name>:<version>`; `latest` is the most
+    /// recently created version.
+    fn resolve(&self, prefix: &str, tag: &Tag) -> Result<Option<String>> {
+        if !tag.is_latest() {
+            return Ok(self.layout.resolve(&format!("{prefix}{tag}"))?.map(|e| e.digest));
+        }
+        let versions = self.layout.tagged(&format!("{prefix}{}:", tag.name))?;
+        let created = |e: &oci_client::manifest::ImageIndexEntry| {
+            e.annotations.as_ref().and_then(|a| a.get(media::CREATED)).cloned().unwrap_or_default()
+        };
+        Ok(versions.values().max_by_key(|e| created(e)).map(|e| e.digest.clone()))
     }
 
     // ---- deployment configurations ----
@@ -234,132 +342,152 @@ impl Store {
 
     /// Stores a built bento. Rebuilding the same version replaces it.
     pub fn put_bento(&self, manifest: &BentoManifest, component: &Path) -> Result<StoredBento> {
-        let scratch = self.scratch_dir()?;
-        fs::copy(component, scratch.path().join(BENTO_COMPONENT))
-            .with_context(|| format!("copying {}", component.display()))?;
-        fs::write(scratch.path().join(BENTO_MANIFEST), manifest.to_toml())?;
-        let dest = self.root.join("bentos").join(&manifest.name).join(&manifest.version);
-        if dest.exists() {
-            // Move the old one aside first so the swap is a pair of renames.
-            let old = self.scratch_dir()?;
-            fs::rename(&dest, old.path().join("old"))?;
+        let _writing = self.layout.writing()?;
+        let wasm = self.layout.put_file(component)?;
+        if wasm.digest != manifest.component.digest {
+            bail!(
+                "the component changed while it was stored ({} vs {})",
+                wasm.digest,
+                manifest.component.digest
+            );
         }
-        publish(scratch, &dest)?;
-        self.bento(&manifest.tag())
+        let toml = self.layout.put_bytes(manifest.to_toml().as_bytes())?;
+        // The CNCF Wasm artifact config.
+        let config = serde_json::json!({
+            "created": manifest.created,
+            "architecture": "wasm",
+            "os": "wasip2",
+            "layerDigests": [wasm.digest],
+        });
+        let config = self.layout.put_bytes(&serde_json::to_vec_pretty(&config)?)?;
+        let mut annotations = BTreeMap::from([
+            (media::CREATED.to_string(), manifest.created.clone()),
+            (media::TITLE.to_string(), manifest.tag().to_string()),
+        ]);
+        for (alias, tag) in &manifest.models {
+            let model = self.model(&tag.parse()?)?;
+            annotations
+                .insert(format!("{}{alias}", media::MODEL_REF_PREFIX), format!("{tag}@{}", model.digest));
+        }
+        let oci = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(media::MANIFEST.into()),
+            config: config.descriptor(media::WASM_CONFIG),
+            layers: vec![
+                with_annotation(wasm.descriptor(media::WASM_LAYER), media::TITLE, "service.wasm"),
+                with_annotation(toml.descriptor(media::BENTO_MANIFEST), media::TITLE, "bento.toml"),
+            ],
+            subject: None,
+            artifact_type: None,
+            annotations: Some(annotations),
+        };
+        let created = BTreeMap::from([(media::CREATED.to_string(), manifest.created.clone())]);
+        let reference = format!("{BENTO_REF}{}", manifest.tag());
+        let blob = self.layout.put_manifest(&reference, &serde_json::to_vec_pretty(&oci)?, created)?;
+        self.stored_bento(&blob.digest)
     }
 
     /// Finds a bento by tag (`latest` resolves to the newest).
     pub fn bento(&self, tag: &Tag) -> Result<StoredBento> {
-        let versions = self.root.join("bentos").join(&tag.name);
-        let dir = if tag.is_latest() {
-            newest(&versions, |dir| Ok(self.read_bento(dir)?.manifest.created))?
-        } else {
-            Some(versions.join(&tag.version)).filter(|d| d.is_dir())
-        };
-        let dir = dir.ok_or_else(|| {
-            anyhow!("bento {tag} is not in the store; build it with `wasmbento build <plugin dir>`")
+        let digest = self.resolve(BENTO_REF, tag)?.ok_or_else(|| {
+            anyhow!(
+                "bento {tag} is not in the store; build it with `wasmbento build <plugin dir>` or pull it"
+            )
         })?;
-        self.read_bento(&dir)
+        self.stored_bento(&digest)
     }
 
     /// Every stored bento, sorted by name then version.
     pub fn bentos(&self) -> Result<Vec<StoredBento>> {
-        entries(&self.root.join("bentos"), 2)?.iter().map(|d| self.read_bento(d)).collect()
+        self.layout.tagged(BENTO_REF)?.values().map(|e| self.stored_bento(&e.digest)).collect()
     }
 
-    fn read_bento(&self, dir: &Path) -> Result<StoredBento> {
-        let path = dir.join(BENTO_MANIFEST);
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest = BentoManifest::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Ok(StoredBento { manifest, component_path: dir.join(BENTO_COMPONENT) })
+    /// A bento by the digest of its manifest.
+    pub fn stored_bento(&self, digest: &str) -> Result<StoredBento> {
+        let oci = self.layout.read_manifest(digest)?;
+        let layer = |media_type: &str| {
+            oci.layers
+                .iter()
+                .find(|l| l.media_type == media_type)
+                .ok_or_else(|| anyhow!("{digest} is not a bento: no {media_type} layer"))
+        };
+        let component_path = self.layout.blob_path(&layer(media::WASM_LAYER)?.digest)?;
+        let toml = self.layout.read_blob(&layer(media::BENTO_MANIFEST)?.digest)?;
+        let manifest = BentoManifest::parse(std::str::from_utf8(&toml)?)
+            .with_context(|| format!("parsing the bento.toml of {digest}"))?;
+        Ok(StoredBento { manifest, component_path, digest: digest.to_string(), oci })
+    }
+
+    /// Deletes a bento (its models stay) and frees the blobs nothing else uses.
+    pub fn delete_bento(&self, tag: &Tag) -> Result<StoredBento> {
+        let bento = self.bento(tag)?;
+        self.layout.untag(&format!("{BENTO_REF}{}", bento.manifest.tag()))?;
+        self.layout.collect_garbage()?;
+        Ok(bento)
     }
 }
 
-/// Renames a finished scratch directory to `dest`.
-fn publish(scratch: tempfile::TempDir, dest: &Path) -> Result<()> {
-    fs::create_dir_all(dest.parent().expect("store entries have a parent"))?;
-    let path = scratch.keep();
-    fs::rename(&path, dest).with_context(|| format!("moving into {}", dest.display()))?;
-    Ok(())
-}
-
-/// Directories exactly `depth` levels below `dir`, sorted.
-fn entries(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
-    let mut level = vec![dir.to_path_buf()];
-    for _ in 0..depth {
-        let mut next = Vec::new();
-        for d in level {
-            let Ok(read) = fs::read_dir(&d) else { continue };
-            for e in read {
-                let e = e?;
-                if e.file_type()?.is_dir() {
-                    next.push(e.path());
-                }
-            }
+impl StoredBento {
+    /// The digests of the model manifests the bento names, by the names the
+    /// guest uses.
+    pub fn models(&self) -> Result<BTreeMap<String, (Tag, String)>> {
+        let mut out = BTreeMap::new();
+        for (key, value) in self.oci.annotations.iter().flatten() {
+            let Some(alias) = key.strip_prefix(media::MODEL_REF_PREFIX) else { continue };
+            let (tag, digest) = value
+                .split_once('@')
+                .ok_or_else(|| anyhow!("bento {}: annotation {key} is not <tag>@<digest>", self.digest))?;
+            crate::oci::sha256_hex(digest)?;
+            out.insert(alias.to_string(), (tag.parse()?, digest.to_string()));
         }
-        level = next;
+        Ok(out)
     }
-    level.sort();
-    Ok(level)
+
+    fn model_digests(&self) -> Result<Vec<String>> {
+        Ok(self.models()?.into_values().map(|(_, d)| d).collect())
+    }
 }
 
-/// The version directory with the greatest creation time.
-fn newest(versions: &Path, created: impl Fn(&Path) -> Result<String>) -> Result<Option<PathBuf>> {
-    let mut best: Option<(String, PathBuf)> = None;
-    for dir in entries(versions, 1)? {
-        let when = created(&dir)?;
-        if best.as_ref().is_none_or(|(b, _)| when >= *b) {
-            best = Some((when, dir));
-        }
-    }
-    Ok(best.map(|(_, d)| d))
+fn with_annotation(mut d: OciDescriptor, key: &str, value: &str) -> OciDescriptor {
+    d.annotations.get_or_insert_with(BTreeMap::new).insert(key.to_string(), value.to_string());
+    d
 }
 
-/// Copies regular files from `dir` (below `base`) to `dest`, hashing as it goes.
-fn copy_tree(base: &Path, dir: &Path, dest: &Path, files: &mut Vec<FileInfo>) -> Result<()> {
+/// A layer title as a path inside a model directory: relative, no `..`.
+fn safe_relative_path(path: &str) -> Result<PathBuf> {
+    let p = Path::new(path);
+    let ok = !path.is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !ok {
+        bail!("model file path {path:?} is not a plain relative path");
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Stores the regular files below `dir` as blobs, recording their paths
+/// relative to `base`. Hidden files (`.git`, `.gitattributes`) are skipped.
+fn store_tree(layout: &Layout, base: &Path, dir: &Path, files: &mut Vec<FileInfo>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue; // .git, .gitattributes, editor files
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
         }
         let path = entry.path();
-        let rel = path.strip_prefix(base).expect("walked below base");
         let meta = fs::metadata(&path)?;
         if meta.is_dir() {
-            fs::create_dir_all(dest.join(rel))?;
-            copy_tree(base, &path, dest, files)?;
+            store_tree(layout, base, &path, files)?;
         } else if meta.is_file() {
-            let (size, digest) = copy_hashed(&path, &dest.join(rel))?;
+            let blob = layout.put_file(&path)?;
+            let rel = path.strip_prefix(base).expect("walked below base");
             let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>();
-            files.push(FileInfo { path: rel.join("/"), size, digest });
+            files.push(FileInfo { path: rel.join("/"), size: blob.size, digest: blob.digest });
         }
     }
     Ok(())
-}
-
-fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String)> {
-    let mut input = fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
-    let mut output = io::BufWriter::new(fs::File::create(to)?);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
-        size += n as u64;
-    }
-    output.flush()?;
-    Ok((size, format!("sha256:{}", hex::encode(hasher.finalize()))))
 }
 
 /// `sha256:<hex>` of some bytes.
 pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    crate::oci::layout::digest_of(bytes)
 }
 
 /// A version derived from the files' names and digests: 16 hex characters.
@@ -442,8 +570,33 @@ mod tests {
 
         let err = store.model(&"absent".parse().unwrap()).unwrap_err().to_string();
         assert!(err.contains("absent:latest is not in the store"), "{err}");
-        // No scratch directories left behind.
-        assert_eq!(fs::read_dir(home.path().join("tmp")).unwrap().count(), 0);
+        // No staging files or scratch directories left behind (only lock files).
+        let left: Vec<_> = fs::read_dir(home.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // The store is an OCI layout: one tag per model version, files shared.
+        let tags: Vec<String> = store
+            .layout()
+            .index()
+            .unwrap()
+            .manifests
+            .iter()
+            .filter_map(|m| crate::oci::layout::ref_name_of(m).map(str::to_string))
+            .collect();
+        assert_eq!(tags.len(), 2);
+        assert!(tags.iter().all(|t| t.starts_with("model/tiny:")), "{tags:?}");
+        // 1_Pooling/config.json is the same in both versions: one blob.
+        let pooling: Vec<_> =
+            store.models().unwrap().iter().map(|m| m.info.files[0].digest.clone()).collect();
+        assert_eq!(pooling[0], pooling[1]);
+
+        // Deleting a version frees only what no other version uses.
+        store.delete_model(&first.tag()).unwrap();
+        assert!(store.layout().has_blob(&pooling[0]));
+        assert!(store.model(&first.tag()).is_err());
     }
 
     #[test]
