@@ -11,6 +11,7 @@ use wasmbento::instance::{Runtime, RuntimeOptions};
 use wasmbento::store::Store;
 
 pub mod reference;
+pub mod registry;
 pub mod tiny_bert;
 
 /// The workspace root.

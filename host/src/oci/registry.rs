@@ -204,11 +204,14 @@ impl Registry {
     /// Pushes the blobs the registry lacks, then the manifest.
     async fn push_artifact(&self, store: &Store, digest: &str, target: &Reference) -> Result<Transfer> {
         let context = || format!("pushing to {}", target.whole());
-        self.client
-            .auth(target, &self.auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| explain(e, &self.registry))
-            .with_context(context)?;
+        // Tokens are kept per operation, and the existence checks are pulls.
+        for operation in [RegistryOperation::Pull, RegistryOperation::Push] {
+            self.client
+                .auth(target, &self.auth, operation)
+                .await
+                .map_err(|e| explain(e, &self.registry))
+                .with_context(context)?;
+        }
         let bytes = store.layout().read_blob(digest)?;
         let manifest: OciImageManifest = serde_json::from_slice(&bytes)?;
         let mut transfer = Transfer::default();
@@ -244,19 +247,23 @@ impl Registry {
         Ok(transfer)
     }
 
-    /// Pulls a bento (with its models) or a model into the store.
+    /// Pulls a bento (with its models) or a model into the store. Every
+    /// blob is fetched and checked before anything is tagged: a failure
+    /// leaves the store's bentos and models as they were.
     pub async fn pull(&self, store: &Store, reference: &Reference) -> Result<Transfer> {
         let started = std::time::Instant::now();
+        // Blobs fetched for tags not yet written are not garbage.
+        let _writing = store.layout().writing()?;
         let (digest, manifest, bytes, mut transfer) = self.pull_artifact(store, reference, None).await?;
-        let created = annotation(&manifest, media::CREATED);
-        let index_annotations = BTreeMap::from([(media::CREATED.to_string(), created)]);
+        // (tag in the layout, manifest bytes, created), tagged at the end in order.
+        let mut tags = Vec::new();
         let (kind, tag) = match manifest.config.media_type.as_str() {
             media::MODEL_CONFIG => {
                 let info: ModelInfo =
                     serde_json::from_slice(&store.layout().read_blob(&manifest.config.digest)?)
                         .context("parsing the model's config")?;
                 let tag = Tag::new(&info.name, &info.version)?;
-                store.layout().put_manifest(&format!("model/{tag}"), &bytes, index_annotations)?;
+                tags.push((format!("model/{tag}"), bytes, annotation(&manifest, media::CREATED)));
                 ("model", tag)
             }
             media::WASM_CONFIG => {
@@ -267,7 +274,6 @@ impl Registry {
                 if layer(&manifest, media::WASM_LAYER)?.digest != bento.component.digest {
                     bail!("{}: the component layer is not the component bento.toml names", reference.whole());
                 }
-                // Its models first: a bento is tagged only when it can run.
                 for (key, value) in manifest.annotations.iter().flatten() {
                     if !key.starts_with(media::MODEL_REF_PREFIX) {
                         continue;
@@ -278,27 +284,33 @@ impl Registry {
                     let model_tag: Tag = model_tag.parse()?;
                     let model_ref =
                         model_reference(reference, &model_tag).clone_with_digest(model_digest.into());
-                    let (_, _, model_bytes, got) =
+                    let (_, model, model_bytes, got) =
                         self.pull_artifact(store, &model_ref, Some(model_digest)).await?;
-                    let model_created = annotation(&serde_json::from_slice(&model_bytes)?, media::CREATED);
-                    let model_annotations = BTreeMap::from([(media::CREATED.to_string(), model_created)]);
-                    store.layout().put_manifest(
-                        &format!("model/{model_tag}"),
-                        &model_bytes,
-                        model_annotations,
-                    )?;
+                    if model.config.media_type != media::MODEL_CONFIG {
+                        bail!("{}: {key} does not name a model", reference.whole());
+                    }
+                    tags.push((
+                        format!("model/{model_tag}"),
+                        model_bytes,
+                        annotation(&model, media::CREATED),
+                    ));
                     transfer.blobs_transferred += got.blobs_transferred;
                     transfer.blobs_skipped += got.blobs_skipped;
                     transfer.bytes_transferred += got.bytes_transferred;
                 }
+                // Models first: a bento is tagged only when it can run.
                 let tag = bento.tag();
-                store.layout().put_manifest(&format!("bento/{tag}"), &bytes, index_annotations)?;
+                tags.push((format!("bento/{tag}"), bytes, annotation(&manifest, media::CREATED)));
                 ("bento", tag)
             }
             other => {
                 bail!("{} is not a wasmbento bento or model (config media type {other})", reference.whole())
             }
         };
+        for (name, bytes, created) in tags {
+            let annotations = BTreeMap::from([(media::CREATED.to_string(), created)]);
+            store.layout().put_manifest(&name, &bytes, annotations)?;
+        }
         Ok(Transfer {
             reference: reference.whole(),
             digest,
@@ -394,9 +406,10 @@ fn insecure_registries(registry: &str) -> Vec<String> {
 /// A clearer message for the errors users meet.
 fn explain(e: OciDistributionError, registry: &str) -> anyhow::Error {
     match e {
-        OciDistributionError::UnauthorizedError { url } => anyhow!(
-            "registry {registry} refused the request ({url}): not logged in, or the username or password is wrong (wasmbento login {registry})"
-        ),
+        OciDistributionError::UnauthorizedError { url } => unauthorized(registry, &url),
+        OciDistributionError::RequestError(e) if e.status().is_some_and(|s| s.as_u16() == 401) => {
+            unauthorized(registry, e.url().map(|u| u.as_str()).unwrap_or_default())
+        }
         OciDistributionError::AuthenticationFailure(reason) => {
             anyhow!("registry {registry} refused the credentials: {reason}")
         }
@@ -404,6 +417,12 @@ fn explain(e: OciDistributionError, registry: &str) -> anyhow::Error {
         OciDistributionError::DigestError(d) => anyhow!("content from {registry} failed verification: {d}"),
         other => anyhow::Error::new(other),
     }
+}
+
+fn unauthorized(registry: &str, url: &str) -> anyhow::Error {
+    anyhow!(
+        "registry {registry} refused the request ({url}): not logged in, or the username or password is wrong (wasmbento login {registry})"
+    )
 }
 
 fn annotation(manifest: &OciImageManifest, key: &str) -> String {

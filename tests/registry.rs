@@ -1,0 +1,199 @@
+//! Bentos and models through a real OCI registry (Debian's docker-registry):
+//! round trip to a fresh store with the same answers, shared model blobs,
+//! tampered blobs refused with nothing written, basic auth, and skopeo
+//! reading what we push and what we store.
+
+use oci_client::Reference;
+use reqwest::StatusCode;
+use serde_json::Value;
+use wasmbento::oci::registry::{Progress, Registry, parse_reference};
+use wasmbento::store::Store;
+use wasmbento_tests::registry::{TestRegistry, skopeo};
+use wasmbento_tests::{build_plugin, embeddings, import_tiny_bert, serve_options, temp_store, texts};
+
+const MODEL: &str = "all-minilm-l6-v2";
+
+/// A store with the embedder built on a tiny BERT.
+async fn embedder_store() -> (tempfile::TempDir, Store) {
+    let (home, store) = temp_store();
+    import_tiny_bert(&store, MODEL, 11);
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    (home, store)
+}
+
+fn client(store: &Store, reference: &Reference) -> Registry {
+    Registry::for_reference(store, reference, Progress::hidden()).unwrap()
+}
+
+/// Embeddings of two sentences from a server over `store`.
+async fn answers(store: &Store) -> Vec<Vec<f32>> {
+    let server = wasmbento::server::start(store, serve_options(&["embedder"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/embedder/encode", server.addr))
+        .json(&texts(&["the cat sat", "a dog"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    server.shutdown().await.unwrap();
+    embeddings(&body)
+}
+
+/// Names of the files in the store's staging directory, lock files aside.
+fn staged(store: &Store) -> Vec<String> {
+    std::fs::read_dir(store.root().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bento_round_trips_and_bentos_share_their_model() {
+    let registry = TestRegistry::start(None);
+    let (_a, store) = embedder_store().await;
+    let before = answers(&store).await;
+    let target = parse_reference(&format!("{}/team/embedder:0.1.0", registry.addr)).unwrap();
+    let model = store.model(&MODEL.parse().unwrap()).unwrap();
+    let model_bytes: u64 = model.info.files.iter().map(|f| f.size).sum();
+
+    let pushed =
+        client(&store, &target).push_bento(&store, &"embedder".parse().unwrap(), &target).await.unwrap();
+    assert!(pushed.bytes_transferred > model_bytes, "{pushed:?}");
+    // What we push is a CNCF Wasm artifact to skopeo.
+    let raw: Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{}", target.whole()),
+    ]))
+    .unwrap();
+    assert_eq!(raw["config"]["mediaType"], "application/vnd.wasm.config.v0+json");
+    assert_eq!(raw["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(raw["layers"][1]["mediaType"], "application/vnd.wasmbento.bento.manifest.v1+toml");
+
+    // A second bento on the same model: its push sends none of the model's blobs.
+    let original = store.bento(&"embedder".parse().unwrap()).unwrap();
+    let mut twin = original.manifest.clone();
+    twin.name = "twin".into();
+    store.put_bento(&twin, &original.component_path).unwrap();
+    let twin_ref = parse_reference(&format!("{}/team/twin:0.1.0", registry.addr)).unwrap();
+    let pushed_twin =
+        client(&store, &twin_ref).push_bento(&store, &"twin".parse().unwrap(), &twin_ref).await.unwrap();
+    // The model's files and config were there already; only the twin's own blobs went.
+    assert_eq!(pushed_twin.blobs_skipped, model.info.files.len() + 1, "{pushed_twin:?}");
+    assert_eq!(pushed_twin.blobs_transferred, 3, "{pushed_twin:?}");
+
+    // A fresh store pulls the bento, and its model with it: same answers.
+    let (_b, fresh) = temp_store();
+    let pulled = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    assert_eq!((pulled.kind.as_str(), pulled.tag.as_str()), ("bento", "embedder:0.1.0"));
+    assert_eq!(pulled.digest, original.digest, "the manifest digest changed in transit");
+    assert_eq!(fresh.models().unwrap().len(), 1);
+    assert_eq!(answers(&fresh).await, before);
+    // Pulling the twin fetches none of the model again.
+    let twin_pulled = client(&fresh, &twin_ref).pull(&fresh, &twin_ref).await.unwrap();
+    assert!(twin_pulled.blobs_skipped > model.info.files.len(), "{twin_pulled:?}");
+    assert!(twin_pulled.bytes_transferred < 4096, "{twin_pulled:?}");
+    // A re-pull fetches nothing.
+    let again = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    assert_eq!(again.blobs_transferred, 0);
+
+    // Delete locally, pull back into the same store.
+    store.delete_bento(&"twin".parse().unwrap()).unwrap();
+    let err = store.delete_model(&MODEL.parse().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("used by bento embedder:0.1.0"), "{err}");
+    store.delete_bento(&"embedder".parse().unwrap()).unwrap();
+    store.delete_model(&MODEL.parse().unwrap()).unwrap();
+    assert!(store.bentos().unwrap().is_empty() && store.models().unwrap().is_empty());
+    client(&store, &target).pull(&store, &target).await.unwrap();
+    assert_eq!(answers(&store).await, before);
+
+    // Concurrent pulls of one artifact into one store are safe.
+    let (_c, shared) = temp_store();
+    let (first, second) = (client(&shared, &target), client(&shared, &target));
+    let (x, y) = tokio::join!(first.pull(&shared, &target), second.pull(&shared, &target));
+    assert_eq!(x.unwrap().digest, y.unwrap().digest);
+    assert_eq!(shared.bentos().unwrap().len(), 1);
+    assert!(staged(&shared).is_empty(), "{:?}", staged(&shared));
+
+    // Our store is an OCI layout skopeo reads.
+    let local: Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:bento/embedder:0.1.0", shared.root().display()),
+    ]))
+    .unwrap();
+    assert_eq!(local["layers"][0]["mediaType"], "application/wasm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_blobs_are_refused_and_nothing_is_written() {
+    let registry = TestRegistry::start(None);
+    let (_a, store) = embedder_store().await;
+    let target = parse_reference(&format!("{}/t/embedder:0.1.0", registry.addr)).unwrap();
+    client(&store, &target).push_bento(&store, &"embedder".parse().unwrap(), &target).await.unwrap();
+
+    // Served tampered: flip a byte of the component in the registry's storage.
+    let component = store.bento(&"embedder".parse().unwrap()).unwrap().manifest.component.digest;
+    let data = registry.blob_data(&component);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let (_b, fresh) = temp_store();
+    let err = format!("{:#}", client(&fresh, &target).pull(&fresh, &target).await.unwrap_err());
+    assert!(err.contains("digest") || err.contains("verification"), "{err}");
+    assert!(fresh.bentos().unwrap().is_empty(), "a bento was stored");
+    assert!(fresh.models().unwrap().is_empty(), "a model was tagged before its bento was complete");
+    assert!(!fresh.layout().has_blob(&component));
+    assert!(staged(&fresh).is_empty(), "{:?}", staged(&fresh));
+
+    // Stored tampered: a corrupt blob in our store is not published.
+    let (_c, other) = embedder_store().await;
+    let path = other.layout().blob_path(&component).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let elsewhere = parse_reference(&format!("{}/t/elsewhere:0.1.0", registry.addr)).unwrap();
+    let err = client(&other, &elsewhere).push_bento(&other, &"embedder".parse().unwrap(), &elsewhere).await;
+    assert!(err.is_err(), "a corrupt component was pushed");
+    let (_d, empty) = temp_store();
+    assert!(client(&empty, &elsewhere).pull(&empty, &elsewhere).await.is_err(), "the manifest was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_needs_the_right_credentials_for_that_registry() {
+    use oci_client::secrets::RegistryAuth;
+    use wasmbento::oci::credentials::{Credentials, save};
+    let registry = TestRegistry::start(Some(("alice", "s3cret")));
+    let (_a, store) = embedder_store().await;
+    let target = parse_reference(&format!("{}/secure/embedder:0.1.0", registry.addr)).unwrap();
+    let bento = "embedder".parse().unwrap();
+
+    let err = format!("{:#}", client(&store, &target).push_bento(&store, &bento, &target).await.unwrap_err());
+    assert!(err.contains("refused") && err.contains("wasmbento login"), "{err}");
+
+    let wrong = RegistryAuth::Basic("alice".into(), "guess".into());
+    let err = format!(
+        "{:#}",
+        Registry::with_auth(&registry.addr, wrong, Progress::hidden()).check_login().await.unwrap_err()
+    );
+    assert!(err.contains("refused"), "{err}");
+    let right = RegistryAuth::Basic("alice".into(), "s3cret".into());
+    Registry::with_auth(&registry.addr, right, Progress::hidden()).check_login().await.unwrap();
+
+    // Filed for another registry: not used here.
+    let alice = Credentials { username: "alice".into(), password: "s3cret".into() };
+    save(store.root(), "localhost:1", &alice).unwrap();
+    assert!(client(&store, &target).push_bento(&store, &bento, &target).await.is_err());
+    save(store.root(), &registry.addr, &alice).unwrap();
+    client(&store, &target).push_bento(&store, &bento, &target).await.unwrap();
+
+    let (_b, fresh) = temp_store();
+    assert!(client(&fresh, &target).pull(&fresh, &target).await.is_err());
+    save(fresh.root(), &registry.addr, &alice).unwrap();
+    client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    assert_eq!(fresh.bentos().unwrap().len(), 1);
+}
