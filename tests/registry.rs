@@ -119,6 +119,29 @@ async fn a_bento_round_trips_and_bentos_share_their_model() {
     assert_eq!(shared.bentos().unwrap().len(), 1);
     assert!(staged(&shared).is_empty(), "{:?}", staged(&shared));
 
+    // skopeo copies the bento and its model into an OCI layout directory,
+    // digests intact; a fresh store imports the bento from there and serves it.
+    let copied = tempfile::tempdir().unwrap();
+    let dir = copied.path().join("layout");
+    let model_ref = wasmbento::oci::registry::model_reference(&target, &model.tag());
+    for (from, name) in [(target.whole(), "embedder"), (model_ref.whole(), "model")] {
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{from}"),
+            &format!("oci:{}:{name}", dir.display()),
+        ]);
+    }
+    let (_d, imported) = temp_store();
+    let (kind, tag, digest) = imported.import_layout(&dir, "embedder").unwrap();
+    assert_eq!(
+        (kind, tag.to_string(), digest),
+        ("bento", "embedder:0.1.0".to_string(), original.digest.clone())
+    );
+    assert_eq!(answers(&imported).await, before);
+    let err = imported.import_layout(&dir, "nope").unwrap_err().to_string();
+    assert!(err.contains("no manifest named \"nope\""), "{err}");
+
     // Our store is an OCI layout skopeo reads.
     let local: Value = serde_json::from_str(&skopeo(&[
         "inspect",

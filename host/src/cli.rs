@@ -56,9 +56,10 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Pull a bento (with its models) or a model from an OCI registry.
+    /// Pull a bento (with its models) or a model from an OCI registry, or
+    /// import one from an OCI image layout directory.
     Pull {
-        /// host[:port]/repository[:tag|@digest]
+        /// host[:port]/repository[:tag|@digest], or oci:DIR:NAME
         reference: String,
         #[command(flatten)]
         output: Output,
@@ -287,9 +288,28 @@ async fn pull(
     kind: Option<Kind>,
 ) -> Result<crate::oci::registry::Transfer> {
     use crate::oci::registry::{Registry, parse_reference};
-    let reference = parse_reference(reference)?;
-    let registry = Registry::for_reference(store, &reference, output.progress())?;
-    let transfer = registry.pull(store, &reference).await?;
+    let transfer = if let Some(layout) = reference.strip_prefix("oci:") {
+        // Another OCI image layout, as skopeo names them: oci:DIR:NAME.
+        let (dir, name) = layout.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!("expected oci:DIR:NAME (NAME: its org.opencontainers.image.ref.name)")
+        })?;
+        let started = std::time::Instant::now();
+        let (store2, dir2, name2) = (store.clone(), PathBuf::from(dir), name.to_string());
+        let (kind, tag, digest) =
+            tokio::task::spawn_blocking(move || store2.import_layout(&dir2, &name2)).await??;
+        crate::oci::registry::Transfer {
+            reference: reference.to_string(),
+            digest,
+            kind: kind.into(),
+            tag: tag.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        }
+    } else {
+        let reference = parse_reference(reference)?;
+        let registry = Registry::for_reference(store, &reference, output.progress())?;
+        registry.pull(store, &reference).await?
+    };
     if kind == Some(Kind::Model) && transfer.kind != "model" {
         anyhow::bail!(
             "{} is a {}, not a model (it was pulled; see `wasmbento list`)",

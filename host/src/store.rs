@@ -418,6 +418,103 @@ impl Store {
         Ok(StoredBento { manifest, component_path, digest: digest.to_string(), oci })
     }
 
+    /// Tags an artifact fetched into the layout (a pull, an import from
+    /// another layout): a model as `model/<name>:<version>`, a bento as
+    /// `bento/<name>:<version>` after each model it names, which must be in
+    /// the layout already. Checks what it tags; returns the kind and tag.
+    pub fn tag_fetched(&self, digest: &str) -> Result<(&'static str, Tag)> {
+        let bytes = self.layout.read_blob(digest)?;
+        let manifest: OciImageManifest = serde_json::from_slice(&bytes)?;
+        let created = |m: &OciImageManifest| {
+            BTreeMap::from([(media::CREATED.to_string(), annotation(m, media::CREATED))])
+        };
+        match manifest.config.media_type.as_str() {
+            media::MODEL_CONFIG => {
+                let model = self.stored_model(digest)?;
+                self.layout.put_manifest(
+                    &format!("{MODEL_REF}{}", model.tag()),
+                    &bytes,
+                    created(&manifest),
+                )?;
+                Ok(("model", model.tag()))
+            }
+            media::WASM_CONFIG => {
+                let bento = self.stored_bento(digest)?;
+                let component = self.layout.blob_path(&bento.manifest.component.digest)?;
+                if component != bento.component_path {
+                    bail!("the component layer is not the component bento.toml names");
+                }
+                // Models first: a bento is tagged only when it can run.
+                let models = bento.models()?;
+                for (model_tag, model_digest) in models.values() {
+                    let model = self.stored_model(model_digest)?;
+                    if &model.tag() != model_tag {
+                        bail!("the bento names model {model_tag} but {model_digest} is {}", model.tag());
+                    }
+                }
+                for (model_tag, model_digest) in models.values() {
+                    let model_bytes = self.layout.read_blob(model_digest)?;
+                    let model_manifest: OciImageManifest = serde_json::from_slice(&model_bytes)?;
+                    self.layout.put_manifest(
+                        &format!("{MODEL_REF}{model_tag}"),
+                        &model_bytes,
+                        created(&model_manifest),
+                    )?;
+                }
+                let tag = bento.manifest.tag();
+                self.layout.put_manifest(&format!("{BENTO_REF}{tag}"), &bytes, created(&manifest))?;
+                Ok(("bento", tag))
+            }
+            other => bail!("{digest} is not a wasmbento bento or model (config media type {other})"),
+        }
+    }
+
+    /// Copies an artifact (a bento with its models, or a model) from another
+    /// OCI image layout, e.g. one `skopeo copy` wrote; `name` is its
+    /// `org.opencontainers.image.ref.name` there. Every blob is checked.
+    pub fn import_layout(&self, dir: &Path, name: &str) -> Result<(&'static str, Tag, String)> {
+        if !dir.join("oci-layout").is_file() {
+            bail!("{} is not an OCI image layout (no oci-layout file)", dir.display());
+        }
+        let source = Layout::open(dir, self.root.join("tmp"))?;
+        let entry = source.resolve(name)?.ok_or_else(|| {
+            let names: Vec<String> = source.tagged("").map(|t| t.into_keys().collect()).unwrap_or_default();
+            anyhow!("{} has no manifest named {name:?} (names: {})", dir.display(), names.join(", "))
+        })?;
+        let _writing = self.layout.writing()?;
+        let manifest = self.copy_artifact(&source, &entry.digest)?;
+        for (model_tag, model_digest) in model_refs(&manifest)?.values() {
+            if !source.has_blob(model_digest) {
+                bail!(
+                    "model {model_tag} ({model_digest}), which the bento uses, is not in {}; copy it there too",
+                    dir.display()
+                );
+            }
+            self.copy_artifact(&source, model_digest)?;
+        }
+        let (kind, tag) = self.tag_fetched(&entry.digest)?;
+        Ok((kind, tag, entry.digest))
+    }
+
+    /// Copies a manifest and its blobs from `source`, checking each digest.
+    fn copy_artifact(&self, source: &Layout, digest: &str) -> Result<OciImageManifest> {
+        let manifest = source.read_manifest(digest)?;
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if self.layout.has_blob(&blob.digest) {
+                continue;
+            }
+            let mut input = fs::File::open(source.blob_path(&blob.digest)?).with_context(|| {
+                format!("blob {} is missing from {}", blob.digest, source.root().display())
+            })?;
+            let mut writer = self.layout.writer()?;
+            io::copy(&mut input, &mut writer)?;
+            writer.commit(Some(&blob.digest))?;
+        }
+        let bytes = source.read_blob(digest)?;
+        self.layout.put_bytes(&bytes)?;
+        Ok(manifest)
+    }
+
     /// Deletes a bento (its models stay) and frees the blobs nothing else uses.
     pub fn delete_bento(&self, tag: &Tag) -> Result<StoredBento> {
         let bento = self.bento(tag)?;
@@ -428,24 +525,33 @@ impl Store {
 }
 
 impl StoredBento {
-    /// The digests of the model manifests the bento names, by the names the
-    /// guest uses.
+    /// The models the bento names, by the names the guest uses: their tags
+    /// and manifest digests.
     pub fn models(&self) -> Result<BTreeMap<String, (Tag, String)>> {
-        let mut out = BTreeMap::new();
-        for (key, value) in self.oci.annotations.iter().flatten() {
-            let Some(alias) = key.strip_prefix(media::MODEL_REF_PREFIX) else { continue };
-            let (tag, digest) = value
-                .split_once('@')
-                .ok_or_else(|| anyhow!("bento {}: annotation {key} is not <tag>@<digest>", self.digest))?;
-            crate::oci::sha256_hex(digest)?;
-            out.insert(alias.to_string(), (tag.parse()?, digest.to_string()));
-        }
-        Ok(out)
+        model_refs(&self.oci).with_context(|| format!("bento {}", self.digest))
     }
 
     fn model_digests(&self) -> Result<Vec<String>> {
         Ok(self.models()?.into_values().map(|(_, d)| d).collect())
     }
+}
+
+/// The models a bento's manifest names (`dev.wasmbento.model.<alias>` =
+/// `<tag>@<digest>`), by alias.
+pub fn model_refs(manifest: &OciImageManifest) -> Result<BTreeMap<String, (Tag, String)>> {
+    let mut out = BTreeMap::new();
+    for (key, value) in manifest.annotations.iter().flatten() {
+        let Some(alias) = key.strip_prefix(media::MODEL_REF_PREFIX) else { continue };
+        let (tag, digest) =
+            value.split_once('@').ok_or_else(|| anyhow!("annotation {key} is not <tag>@<digest>"))?;
+        crate::oci::sha256_hex(digest)?;
+        out.insert(alias.to_string(), (tag.parse()?, digest.to_string()));
+    }
+    Ok(out)
+}
+
+fn annotation(manifest: &OciImageManifest, key: &str) -> String {
+    manifest.annotations.as_ref().and_then(|a| a.get(key)).cloned().unwrap_or_default()
 }
 
 fn with_annotation(mut d: OciDescriptor, key: &str, value: &str) -> OciDescriptor {

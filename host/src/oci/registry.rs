@@ -19,7 +19,6 @@
 //! others over HTTPS unless listed in `WASMBENTO_INSECURE_REGISTRIES`
 //! (comma-separated `host[:port]`).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
@@ -35,8 +34,7 @@ use serde::Serialize;
 
 use super::layout::{BlobWriter, digest_of};
 use super::media;
-use crate::manifest::BentoManifest;
-use crate::store::{ModelInfo, Store};
+use crate::store::Store;
 use crate::tag::Tag;
 
 /// Chunk size of uploads and of reads from the store.
@@ -254,63 +252,16 @@ impl Registry {
         let started = std::time::Instant::now();
         // Blobs fetched for tags not yet written are not garbage.
         let _writing = store.layout().writing()?;
-        let (digest, manifest, bytes, mut transfer) = self.pull_artifact(store, reference, None).await?;
-        // (tag in the layout, manifest bytes, created), tagged at the end in order.
-        let mut tags = Vec::new();
-        let (kind, tag) = match manifest.config.media_type.as_str() {
-            media::MODEL_CONFIG => {
-                let info: ModelInfo =
-                    serde_json::from_slice(&store.layout().read_blob(&manifest.config.digest)?)
-                        .context("parsing the model's config")?;
-                let tag = Tag::new(&info.name, &info.version)?;
-                tags.push((format!("model/{tag}"), bytes, annotation(&manifest, media::CREATED)));
-                ("model", tag)
-            }
-            media::WASM_CONFIG => {
-                let toml = layer(&manifest, media::BENTO_MANIFEST)?;
-                let bento =
-                    BentoManifest::parse(std::str::from_utf8(&store.layout().read_blob(&toml.digest)?)?)
-                        .context("parsing the bento's bento.toml")?;
-                if layer(&manifest, media::WASM_LAYER)?.digest != bento.component.digest {
-                    bail!("{}: the component layer is not the component bento.toml names", reference.whole());
-                }
-                for (key, value) in manifest.annotations.iter().flatten() {
-                    if !key.starts_with(media::MODEL_REF_PREFIX) {
-                        continue;
-                    }
-                    let (model_tag, model_digest) = value
-                        .split_once('@')
-                        .ok_or_else(|| anyhow!("annotation {key} is not <tag>@<digest>"))?;
-                    let model_tag: Tag = model_tag.parse()?;
-                    let model_ref =
-                        model_reference(reference, &model_tag).clone_with_digest(model_digest.into());
-                    let (_, model, model_bytes, got) =
-                        self.pull_artifact(store, &model_ref, Some(model_digest)).await?;
-                    if model.config.media_type != media::MODEL_CONFIG {
-                        bail!("{}: {key} does not name a model", reference.whole());
-                    }
-                    tags.push((
-                        format!("model/{model_tag}"),
-                        model_bytes,
-                        annotation(&model, media::CREATED),
-                    ));
-                    transfer.blobs_transferred += got.blobs_transferred;
-                    transfer.blobs_skipped += got.blobs_skipped;
-                    transfer.bytes_transferred += got.bytes_transferred;
-                }
-                // Models first: a bento is tagged only when it can run.
-                let tag = bento.tag();
-                tags.push((format!("bento/{tag}"), bytes, annotation(&manifest, media::CREATED)));
-                ("bento", tag)
-            }
-            other => {
-                bail!("{} is not a wasmbento bento or model (config media type {other})", reference.whole())
-            }
-        };
-        for (name, bytes, created) in tags {
-            let annotations = BTreeMap::from([(media::CREATED.to_string(), created)]);
-            store.layout().put_manifest(&name, &bytes, annotations)?;
+        let (digest, manifest, mut transfer) = self.pull_artifact(store, reference, None).await?;
+        for (model_tag, model_digest) in crate::store::model_refs(&manifest)?.into_values() {
+            let model_ref = model_reference(reference, &model_tag).clone_with_digest(model_digest.clone());
+            let (_, _, got) = self.pull_artifact(store, &model_ref, Some(&model_digest)).await?;
+            transfer.blobs_transferred += got.blobs_transferred;
+            transfer.blobs_skipped += got.blobs_skipped;
+            transfer.bytes_transferred += got.bytes_transferred;
         }
+        let (kind, tag) =
+            store.tag_fetched(&digest).with_context(|| format!("pulling {}", reference.whole()))?;
         Ok(Transfer {
             reference: reference.whole(),
             digest,
@@ -327,7 +278,7 @@ impl Registry {
         store: &Store,
         reference: &Reference,
         expected: Option<&str>,
-    ) -> Result<(String, OciImageManifest, Vec<u8>, Transfer)> {
+    ) -> Result<(String, OciImageManifest, Transfer)> {
         let context = || format!("pulling {}", reference.whole());
         self.client
             .auth(reference, &self.auth, RegistryOperation::Pull)
@@ -352,6 +303,8 @@ impl Registry {
         let manifest: OciImageManifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: parsing the manifest", reference.whole()))?;
         let _writing = store.layout().writing()?;
+        // The manifest itself, checked above, for tagging once all is here.
+        store.layout().put_bytes(&bytes)?;
         let mut transfer = Transfer::default();
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
             if store.layout().has_blob(&blob.digest) {
@@ -380,7 +333,7 @@ impl Registry {
             transfer.blobs_transferred += 1;
             transfer.bytes_transferred += size;
         }
-        Ok((actual, manifest, bytes.to_vec(), transfer))
+        Ok((actual, manifest, transfer))
     }
 }
 
@@ -423,18 +376,6 @@ fn unauthorized(registry: &str, url: &str) -> anyhow::Error {
     anyhow!(
         "registry {registry} refused the request ({url}): not logged in, or the username or password is wrong (wasmbento login {registry})"
     )
-}
-
-fn annotation(manifest: &OciImageManifest, key: &str) -> String {
-    manifest.annotations.as_ref().and_then(|a| a.get(key)).cloned().unwrap_or_default()
-}
-
-fn layer<'a>(manifest: &'a OciImageManifest, media_type: &str) -> Result<&'a OciDescriptor> {
-    manifest
-        .layers
-        .iter()
-        .find(|l| l.media_type == media_type)
-        .ok_or_else(|| anyhow!("no {media_type} layer"))
 }
 
 /// A short name for a blob in progress bars.
