@@ -142,6 +142,33 @@ async fn a_bento_round_trips_and_bentos_share_their_model() {
     let err = imported.import_layout(&dir, "nope").unwrap_err().to_string();
     assert!(err.contains("no manifest named \"nope\""), "{err}");
 
+    // A host with an empty store deploys the bento by its registry reference.
+    let (_e, empty) = temp_store();
+    let server = wasmbento::server::start(&empty, serve_options(&[])).await.unwrap();
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}/admin/v1/deployments", server.addr);
+    let res = http
+        .post(&admin)
+        .bearer_auth(wasmbento_tests::ADMIN_TOKEN)
+        .json(&serde_json::json!({"bento": target.whole()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    server.state.deployments.get("embedder").unwrap().wait_ready().await.unwrap();
+    let res = http
+        .post(format!("http://{}/embedder/encode", server.addr))
+        .json(&texts(&["the cat sat", "a dog"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(embeddings(&res.json().await.unwrap()), before);
+    let missing = serde_json::json!({"bento": format!("{}/team/absent:1", registry.addr)});
+    let res =
+        http.post(&admin).bearer_auth(wasmbento_tests::ADMIN_TOKEN).json(&missing).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    server.shutdown().await.unwrap();
+
     // Our store is an OCI layout skopeo reads.
     let local: Value = serde_json::from_str(&skopeo(&[
         "inspect",

@@ -4,7 +4,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /admin/v1/deployments` | every deployment with its configuration |
-//! | `POST /admin/v1/deployments` | deploy a stored bento: `{"bento": "name:version", "name": ...}` |
+//! | `POST /admin/v1/deployments` | deploy a bento: `{"bento": "name:version" or a registry reference, "name": ...}` |
 //! | `GET /admin/v1/deployments/{name}` | one deployment, with running/waiting counts |
 //! | `DELETE /admin/v1/deployments/{name}` | undeploy (running calls finish) |
 //! | `GET`/`PUT /admin/v1/deployments/{name}/traffic` | traffic JSON (takes effect at once) |
@@ -140,7 +140,18 @@ async fn deploy(
     let bad = |field: &str, e: crate::tag::TagError| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {e}"))
     };
-    let bento = request.bento.parse().map_err(|e| bad("bento", e))?;
+    let bento = if crate::oci::registry::is_reference(&request.bento) {
+        crate::oci::registry::parse_reference(&request.bento)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bento: {e:#}")))?;
+        // A registry reference: pulled (with its models) first.
+        let store = app.deployments.store();
+        let progress = crate::oci::registry::Progress::hidden();
+        crate::oci::registry::pull_bento(store, &request.bento, progress).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("bento: pulling {}: {e:#}", request.bento))
+        })?
+    } else {
+        request.bento.parse().map_err(|e| bad("bento", e))?
+    };
     if let Some(name) = &request.name {
         crate::tag::check_part(name, "deployment name", name).map_err(|e| bad("name", e))?;
     }

@@ -406,12 +406,11 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
             deployments.push(arg.parse::<DeploymentSpec>()?);
             continue;
         }
-        let output = Output { quiet: false, json: false };
-        let pulled = pull(store, bento, output, None).await?;
-        anyhow::ensure!(pulled.kind == "bento", "{bento} is a {}, not a bento", pulled.kind);
+        let tag =
+            crate::oci::registry::pull_bento(store, bento, crate::oci::registry::Progress::bars()).await?;
         let spec = match name {
-            Some(name) => format!("{name}={}", pulled.tag),
-            None => pulled.tag.clone(),
+            Some(name) => format!("{name}={tag}"),
+            None => tag.to_string(),
         };
         deployments.push(spec.parse::<DeploymentSpec>()?);
     }

@@ -123,6 +123,11 @@ impl Fleet {
         Ok(Some(Arc::clone(&served.deployment)))
     }
 
+    /// The store deployments come from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
         self.served.read().unwrap().get(name).map(|s| Arc::clone(&s.deployment))
     }

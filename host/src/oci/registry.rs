@@ -56,6 +56,17 @@ pub fn is_reference(text: &str) -> bool {
     text.contains('/')
 }
 
+/// Pulls the bento a registry reference names (with its models) and
+/// returns its tag in the store (`serve` and the admin API's deploy).
+pub async fn pull_bento(store: &Store, reference: &str, progress: Progress) -> Result<Tag> {
+    let reference = parse_reference(reference)?;
+    let pulled = Registry::for_reference(store, &reference, progress)?.pull(store, &reference).await?;
+    if pulled.kind != "bento" {
+        bail!("{} is a {}, not a bento", pulled.reference, pulled.kind);
+    }
+    Ok(pulled.tag.parse()?)
+}
+
 /// Where a bento's model goes: a `models/` repository beside the bento's.
 pub fn model_reference(bento: &Reference, model: &Tag) -> Reference {
     let repository = match bento.repository().rsplit_once('/') {
