@@ -247,3 +247,29 @@ async fn basic_auth_needs_the_right_credentials_for_that_registry() {
     client(&fresh, &target).pull(&fresh, &target).await.unwrap();
     assert_eq!(fresh.bentos().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_token_flow_trades_credentials_for_a_token() {
+    use wasmbento::oci::credentials::{Credentials, save};
+    let registry = TestRegistry::start_behind_proxy();
+    let front = wasmbento_tests::registry::TokenProxy::start(&registry.addr, "bob", "hunter2").await;
+    let (_a, store) = embedder_store().await;
+    let target = parse_reference(&format!("{}/tokens/embedder:0.1.0", front.addr)).unwrap();
+    let bento = "embedder".parse().unwrap();
+
+    // Anonymous: the token endpoint refuses, and the error says so.
+    let err = format!("{:#}", client(&store, &target).push_bento(&store, &bento, &target).await.unwrap_err());
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(front.tokens_issued.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let bob = Credentials { username: "bob".into(), password: "hunter2".into() };
+    save(store.root(), &front.addr, &bob).unwrap();
+    client(&store, &target).push_bento(&store, &bento, &target).await.unwrap();
+    assert!(front.tokens_issued.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    let (_b, fresh) = temp_store();
+    save(fresh.root(), &front.addr, &bob).unwrap();
+    let pulled = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    assert_eq!(pulled.tag, "embedder:0.1.0");
+    assert_eq!(answers(&fresh).await, answers(&store).await);
+}

@@ -17,12 +17,22 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts a registry; with `user`, requests need that user's basic auth.
     pub fn start(user: Option<(&str, &str)>) -> TestRegistry {
+        TestRegistry::start_with(user, "")
+    }
+
+    /// Starts a registry whose `Location` headers are relative, as it must
+    /// be behind a proxy.
+    pub fn start_behind_proxy() -> TestRegistry {
+        TestRegistry::start_with(None, "  relativeurls: true\n")
+    }
+
+    fn start_with(user: Option<(&str, &str)>, http_extra: &str) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         // A free port: bound, read and released for the registry to take.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http_extra}",
             dir.path().join("data").display()
         );
         if let Some((name, password)) = user {
@@ -93,4 +103,101 @@ pub fn skopeo(args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("running skopeo: {e}; install it (apt-get install skopeo)"));
     assert!(out.status.success(), "skopeo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A bearer-token front for a registry, as Docker Hub, GHCR and Harbor do
+/// it: requests without a valid token get 401 with a `Bearer` challenge
+/// naming a token endpoint; the endpoint trades basic credentials for a
+/// token; requests with the token are forwarded to the registry.
+pub struct TokenProxy {
+    pub addr: String,
+    /// Tokens handed out.
+    pub tokens_issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenProxy {
+    pub async fn start(upstream: &str, user: &str, password: &str) -> TokenProxy {
+        use axum::body::Bytes;
+        use axum::extract::{Request, State};
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::{IntoResponse, Response};
+        use base64::Engine as _;
+
+        #[derive(Clone)]
+        struct Front {
+            upstream: String,
+            me: String,
+            basic: String,
+            token: String,
+            issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+            http: reqwest::Client,
+        }
+
+        async fn token(State(f): State<Front>, headers: HeaderMap) -> Response {
+            let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            if presented != Some(f.basic.as_str()) {
+                return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+            }
+            f.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            axum::Json(serde_json::json!({"token": f.token, "access_token": f.token, "expires_in": 300}))
+                .into_response()
+        }
+
+        async fn forward(State(f): State<Front>, request: Request) -> Response {
+            let bearer = format!("Bearer {}", f.token);
+            let ok = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                == Some(bearer.as_str());
+            if !ok {
+                let challenge = format!("Bearer realm=\"http://{}/token\",service=\"test-registry\"", f.me);
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)], "token needed")
+                    .into_response();
+            }
+            let (parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let mut req = f.http.request(parts.method.clone(), format!("http://{}{path}", f.upstream));
+            for (name, value) in &parts.headers {
+                if name != header::HOST && name != header::AUTHORIZATION {
+                    req = req.header(name, value);
+                }
+            }
+            let res = req.body(body).send().await.unwrap();
+            let mut out = Response::builder().status(res.status());
+            for (name, value) in res.headers() {
+                out = out.header(name, value);
+            }
+            out.body(axum::body::Body::from(res.bytes().await.unwrap())).unwrap()
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let front = Front {
+            upstream: upstream.to_string(),
+            me: addr.clone(),
+            basic,
+            token: format!("token-{}", std::process::id()),
+            issued: issued.clone(),
+            http: reqwest::Client::new(),
+        };
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .fallback(forward)
+            .with_state(front);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TokenProxy { addr, tokens_issued: issued, task }
+    }
+}
+
+impl Drop for TokenProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
