@@ -81,6 +81,12 @@ async fn policies_are_read_replaced_live_and_kept_across_restarts() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // Without the token nothing under /admin/v1 answers, not even 404 or 405.
+    let res = admin.http.get(format!("{}/admin/v1/nope", admin.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = admin.http.post(format!("{}/admin/v1/deployments/m", admin.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(admin.get("/nope").await.0, StatusCode::NOT_FOUND);
     // The data plane stays open.
     assert_eq!(admin.sleep(1).await, StatusCode::OK);
 
@@ -187,6 +193,11 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
         ("traffic", json!({"memory_limit_mib": 5}), "unknown field `memory_limit_mib`"),
         ("scaling", json!({"min_replicas": 2, "max_replicas": 1}), "min_replicas: 2 must not exceed"),
         ("scaling", json!({"max_pending": -1}), "max_pending: invalid value"),
+        (
+            "scaling",
+            json!({"max_replicas": 500}),
+            "runners.all-minilm-l6-v2.scaling.max_replicas: a runner has at most 64",
+        ),
     ] {
         let (s, reply) = admin.put(&format!("{runner}/{path}"), body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
@@ -291,6 +302,10 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
     assert_eq!(admin.sleep(1).await, StatusCode::NOT_FOUND);
     assert_eq!(admin.get("/deployments/m").await.0, StatusCode::NOT_FOUND);
     assert_eq!(admin.send(Method::DELETE, "/deployments/m", None).await.0, StatusCode::NOT_FOUND);
+    let metrics =
+        admin.http.get(format!("{}/metrics", admin.base)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains(r#"wasmbento_replicas{deployment="m""#), "{metrics}");
+    assert!(metrics.contains(r#"wasmbento_replicas{deployment="hello""#), "{metrics}");
     let (s, _) =
         admin.send(Method::POST, "/deployments", Some(json!({"bento": "misbehave", "name": "m"}))).await;
     assert_eq!(s, StatusCode::CREATED);

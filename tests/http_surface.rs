@@ -94,7 +94,8 @@ async fn hello_answers_and_bad_input_gets_clear_errors() {
     // Wrong method and unknown routes: JSON errors too.
     let res = http.get(format!("{base}/hello/greet")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert!(error_message(&res.json().await.unwrap()).contains("APIs take POST"));
+    assert_eq!(res.headers()["allow"], "POST");
+    assert!(error_message(&res.json().await.unwrap()).contains("the Allow header lists"));
     let res = http.post(format!("{base}/a/b/c")).json(&json!({})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(error_message(&res.json().await.unwrap()).contains("POST /{deployment}/{api}"));

@@ -182,3 +182,31 @@ async fn a_scale_down_drains_and_a_request_arriving_meanwhile_is_served() {
     assert!(scale_events.iter().any(|m| m.starts_with("api replicas 2 → 1")), "{scale_events:?}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_at_zero_still_wakes_the_service() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["m=misbehave"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let (base, http) = (format!("http://{}", server.addr), reqwest::Client::new());
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
+    // No cold-start buffer at all: requests at zero are refused, not queued.
+    put_scaling(
+        &http,
+        &base,
+        &json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.2, "max_pending": 0}),
+    )
+    .await;
+    wait_replicas(&d, 0).await;
+    let call = || http.post(format!("{base}/m/count")).json(&json!({})).send();
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("cold-start buffer"), "{body}");
+    // The refusal was demand: the service wakes, and the retry is served.
+    wait_replicas(&d, 1).await;
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    server.shutdown().await.unwrap();
+}

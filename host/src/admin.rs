@@ -22,7 +22,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -35,8 +35,8 @@ use crate::http::{ApiError, AppState};
 use crate::manifest::{RunnerConfig, RunnerTraffic, Traffic};
 use crate::scale::ScalingPolicy;
 
-/// The admin routes, behind the bearer-token check.
-pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+/// The admin routes; [`guard`] checks the bearer token before them.
+pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/deployments", get(list).post(deploy))
         .route("/deployments/{name}", get(show).delete(undeploy))
@@ -45,7 +45,19 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/deployments/{name}/events", get(events))
         .route("/deployments/{name}/runners/{model}/traffic", get(get_runner_traffic).put(put_runner_traffic))
         .route("/deployments/{name}/runners/{model}/scaling", get(get_runner_scaling).put(put_runner_scaling))
-        .route_layer(middleware::from_fn_with_state(state, require_token))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such admin route: see /admin/v1/deployments")
+        })
+}
+
+/// Wraps the whole router: under `/admin/` nothing answers without the
+/// token, not even 404 or 405, so the admin routes cannot be probed.
+pub async fn guard(state: State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/admin/") {
+        require_token(state, request, next).await
+    } else {
+        next.run(request).await
+    }
 }
 
 async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -251,7 +263,7 @@ async fn put_runner_traffic(
     let d = find(&app, &name)?;
     runner_config(&d, &model)?;
     let traffic: RunnerTraffic = parse(&headers, &body)?;
-    traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.{e}")))?;
     d.set_runner_traffic(&model, traffic).map_err(not_loaded)?;
     Ok(Json(runner_config(&d, &model)?.traffic))
 }
@@ -272,7 +284,9 @@ async fn put_runner_scaling(
     let d = find(&app, &name)?;
     runner_config(&d, &model)?;
     parse::<serde::de::IgnoredAny>(&headers, &body)?;
-    let scaling = ScalingPolicy::from_json(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
+    let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.scaling.{e}"));
+    let scaling = ScalingPolicy::from_json(&body).map_err(|e| bad(e.0))?;
+    crate::manifest::RunnerConfig::check_runner_replicas(&scaling).map_err(bad)?;
     d.set_runner_scaling(&model, scaling).map_err(not_loaded)?;
     Ok(Json(runner_config(&d, &model)?.scaling))
 }

@@ -363,6 +363,7 @@ impl Deployment {
     /// Replaces a runner's scaling policy and persists it.
     pub fn set_runner_scaling(&self, name: &str, scaling: ScalingPolicy) -> Result<()> {
         scaling.validate()?;
+        RunnerConfig::check_runner_replicas(&scaling).map_err(anyhow::Error::msg)?;
         let runner = self.runner(name).with_context(|| format!("no runner named {name:?}"))?;
         self.update_runner(name, |c| c.scaling = scaling.clone())?;
         runner.gate().set_max_pending(scaling.max_pending);

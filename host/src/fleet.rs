@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::instance::Runtime;
 use crate::runner::ModelCache;
-use crate::scale::controller::{self, Component, ReplicaGauges};
+use crate::scale::controller::{self, Component, ReplicaGauges, ReplicaLabels};
 use crate::store::Store;
 
 /// Why a deployment could not be made.
@@ -28,7 +28,7 @@ pub enum DeployError {
     #[error("a deployment named {0:?} exists already; undeploy it first or choose another name")]
     Exists(String),
     /// The name is taken by a route (400).
-    #[error("\"admin\" is reserved for the admin API; serve the bento under another name (name=bento)")]
+    #[error("the deployment name \"admin\" is reserved for the admin API; choose another name")]
     Reserved,
     /// The bento, its models or its component could not be prepared.
     #[error(transparent)]
@@ -119,6 +119,19 @@ impl Fleet {
     pub fn undeploy(&self, name: &str) -> Result<Option<Arc<Deployment>>> {
         let Some(served) = self.served.write().unwrap().remove(name) else { return Ok(None) };
         self.store.delete_deployment_config(name)?;
+        // Its replica gauges go with it.
+        let components = std::iter::once("api".to_string())
+            .chain(served.deployment.runners().into_keys().map(|r| format!("runner:{r}")));
+        for component in components {
+            for kind in ["current", "desired"] {
+                let labels = ReplicaLabels {
+                    deployment: name.to_string(),
+                    component: component.clone(),
+                    kind: kind.into(),
+                };
+                self.gauges.remove(&labels);
+            }
+        }
         served.deployment.record("undeployed", "removed from routing; running calls finish".into());
         Ok(Some(Arc::clone(&served.deployment)))
     }

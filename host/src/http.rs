@@ -59,11 +59,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/docs.json", get(docs))
         .route("/{deployment}/{api}", post(call_api))
-        .nest("/admin/v1", crate::admin::router(Arc::clone(&state)))
+        .nest("/admin/v1", crate::admin::router())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route (the Allow header lists the allowed ones; APIs take POST)",
+                "method not allowed on this route (the Allow header lists the allowed ones)",
             )
         })
         .fallback(|| async {
@@ -72,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such route: APIs are POST /{deployment}/{api}, the admin API is under /admin/v1/deployments",
             )
         })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), crate::admin::guard))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }

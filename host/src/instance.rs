@@ -244,6 +244,7 @@ impl ServiceComponent {
         {
             return Err(match refusal {
                 RunnerError::Timeout(m) => CallFailure::RunnerTimeout(m),
+                RunnerError::Overloaded(m) => CallFailure::Overloaded(m),
                 other => CallFailure::Overloaded(other.to_string()),
             });
         }

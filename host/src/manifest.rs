@@ -152,10 +152,25 @@ pub struct RunnerConfig {
     pub scaling: Scaling,
 }
 
+/// Runner replicas one host runs at most (each is a worker thread).
+pub const MAX_RUNNER_REPLICAS: u32 = 64;
+
 impl RunnerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.traffic.validate()?;
-        self.scaling.validate().map_err(|e| format!("scaling.{e}"))
+        self.scaling.validate().map_err(|e| format!("scaling.{e}"))?;
+        RunnerConfig::check_runner_replicas(&self.scaling).map_err(|e| format!("scaling.{e}"))
+    }
+
+    /// A runner's replicas are threads in this host: a few dozen at most.
+    pub fn check_runner_replicas(scaling: &Scaling) -> Result<(), String> {
+        if scaling.max_replicas > MAX_RUNNER_REPLICAS {
+            return Err(format!(
+                "max_replicas: a runner has at most {MAX_RUNNER_REPLICAS} replicas in one host, got {}",
+                scaling.max_replicas
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -58,15 +58,27 @@ pub enum Strategy {
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
-    /// The queue is full (503 with `Retry-After`).
-    #[error("the queue is full ({length} waiting); retry after {}s", retry_after.as_secs())]
-    QueueFull { length: usize, retry_after: Duration },
+    /// The queue is full (503 with `Retry-After`). At zero replicas the
+    /// queue is the cold-start buffer; the component is woken all the same.
+    #[error("{}", queue_full(*length, *retry_after, *at_zero))]
+    QueueFull { length: usize, retry_after: Duration, at_zero: bool },
     /// The deadline passed while the request waited (504).
     #[error("the request waited {0:.1?} in the queue and reached its deadline")]
     Timeout(Duration),
     /// The deadline strategy dropped it: too little time left to finish (504).
     #[error("dropped from the queue: {left:.1?} left before the deadline, a call takes about {typical:.1?}")]
     CannotMeetDeadline { left: Duration, typical: Duration },
+}
+
+fn queue_full(length: usize, retry_after: Duration, at_zero: bool) -> String {
+    let retry = retry_after.as_secs();
+    if at_zero {
+        format!(
+            "no replica is up yet and the cold-start buffer is full ({length} waiting, max_pending); it is starting: retry after {retry}s"
+        )
+    } else {
+        format!("the queue is full ({length} waiting); retry after {retry}s")
+    }
 }
 
 struct Waiter {
@@ -86,6 +98,9 @@ struct State {
     limit: Option<usize>,
     /// Requests admitted so far (for the request rate).
     admitted: u64,
+    /// Requests refused at zero replicas since the autoscaler last looked:
+    /// demand, though none waits.
+    refused_at_zero: u64,
     queue: QueueConfig,
     /// The queue's bound at zero replicas (`None`: the queue's `max_length`).
     max_pending: Option<usize>,
@@ -129,6 +144,7 @@ impl Gate {
             replicas: 1,
             limit: None,
             admitted: 0,
+            refused_at_zero: 0,
             queue,
             max_pending: None,
             running: 0,
@@ -183,6 +199,12 @@ impl Gate {
         }
     }
 
+    /// Requests refused at zero replicas since the last call (demand the
+    /// autoscaler must wake for, although nothing waits).
+    pub fn take_refused_at_zero(&self) -> u64 {
+        std::mem::take(&mut self.state.lock().unwrap().refused_at_zero)
+    }
+
     /// Requests admitted since the gate was made.
     pub fn admitted(&self) -> u64 {
         self.state.lock().unwrap().admitted
@@ -215,10 +237,19 @@ impl Gate {
                 _ => state.queue.max_length,
             };
             if state.waiting.len() >= bound {
-                return Err(Rejection::QueueFull {
+                let at_zero = state.replicas == 0;
+                let rejection = Rejection::QueueFull {
                     length: state.waiting.len(),
                     retry_after: retry_after(&state),
-                });
+                    at_zero,
+                };
+                if at_zero {
+                    // Refused, but still demand: wake the component.
+                    state.refused_at_zero += 1;
+                    drop(state);
+                    self.waiting_started.notify_one();
+                }
+                return Err(rejection);
             }
             let (tx, rx) = oneshot::channel();
             let id = state.next_id;
@@ -354,7 +385,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         match gate.admit(far).await {
-            Err(Rejection::QueueFull { length: 1, retry_after }) => {
+            Err(Rejection::QueueFull { length: 1, retry_after, .. }) => {
                 assert!(retry_after >= Duration::from_secs(1))
             }
             other => panic!("expected a full queue, got {:?}", other.map(|_| ())),
@@ -463,7 +494,10 @@ mod tests {
         let first = tokio::spawn(async move { g.admit(far).await.map(drop) });
         gate.waiting_started.notified().await;
         let err = gate.admit(far).await.map(drop).unwrap_err();
-        assert!(matches!(err, Rejection::QueueFull { length: 1, .. }), "{err}");
+        assert!(matches!(err, Rejection::QueueFull { length: 1, at_zero: true, .. }), "{err}");
+        assert!(err.to_string().contains("cold-start buffer"), "{err}");
+        assert_eq!(gate.take_refused_at_zero(), 1, "a refusal at zero is demand");
+        assert_eq!(gate.take_refused_at_zero(), 0);
         // With capacity, the queue's own length applies again.
         gate.set_replicas(1);
         first.await.unwrap().unwrap();

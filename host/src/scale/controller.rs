@@ -182,6 +182,7 @@ pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges
         }
     }
     let desired_gauge = gauge("desired");
+    desired_gauge.set(component.replicas() as i64);
     let mut usage = ProcessUsage::default();
     loop {
         tokio::select! {
@@ -197,6 +198,7 @@ pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges
         let qps = (admitted - last_admitted) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
         (last_at, last_admitted) = (now, admitted);
         let (running, waiting) = (gate.running() as f64, gate.waiting() as f64);
+        let refused = gate.take_refused_at_zero();
         let mut totals = BTreeMap::from([
             (Metric::Concurrency, running + waiting),
             (Metric::Queue, waiting),
@@ -213,7 +215,7 @@ pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges
             now: now.duration_since(origin).as_secs_f64(),
             current: component.replicas(),
             totals,
-            demand: (running + waiting) as u64,
+            demand: (running + waiting) as u64 + refused,
         };
         let decision = autoscaler.decide(&observation);
         desired_gauge.set(decision.desired as i64);

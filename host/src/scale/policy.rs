@@ -16,6 +16,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most replicas a policy may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
 /// How a component scales. Omitted fields take their defaults (one replica,
 /// no scale to zero, the metrics policy's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +244,9 @@ impl ScalingPolicy {
         let fail = |m: String| Err(PolicyError(m));
         if self.max_replicas == 0 {
             return fail("max_replicas: must be at least 1".into());
+        }
+        if self.max_replicas > MAX_REPLICAS {
+            return fail(format!("max_replicas: at most {MAX_REPLICAS}, got {}", self.max_replicas));
         }
         if self.min_replicas > self.max_replicas {
             return fail(format!(
