@@ -129,11 +129,12 @@ pub fn run_worker(
             };
             collect(first, &jobs, batching, max_batch_size, &mut carried)
         };
-        run_batch(backend, batch, &mut cost, max_latency, &on_batch);
+        let limits = Limits { max_batch_size, max_latency, split: batching };
+        run_batch(backend, batch, &mut cost, &limits, &on_batch);
         if stop {
             // What was taken is answered before leaving.
             if let Some(job) = carried.take() {
-                run_batch(backend, vec![job], &mut cost, max_latency, &on_batch);
+                run_batch(backend, vec![job], &mut cost, &limits, &on_batch);
             }
             return;
         }
@@ -173,15 +174,22 @@ fn collect(
 
 /// Runs one batch and answers its calls. Calls whose caller went away are
 /// skipped; a panicking backend fails the batch, not the worker.
+struct Limits {
+    max_batch_size: usize,
+    max_latency: Option<Duration>,
+    /// Whether a call larger than `max_batch_size` may be split by rows.
+    split: bool,
+}
+
 fn run_batch(
     backend: &dyn Backend,
     mut batch: Vec<Job>,
     cost: &mut CostModel,
-    max_latency: Option<Duration>,
+    limits: &Limits,
     on_batch: &impl Fn(usize),
 ) {
     batch.retain(|job| !job.reply.is_closed());
-    if let Some(max) = max_latency {
+    if let Some(max) = limits.max_latency {
         batch = reject_late(batch, cost, max, Instant::now());
     }
     let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
@@ -190,8 +198,18 @@ fn run_batch(
         0 => false,
         1 => {
             let job = batch.pop().unwrap();
-            on_batch(items);
-            let _ = job.reply.send(backend.compute(&job.inputs));
+            let result = match job.rows() {
+                // One call above max_batch_size runs in slices of it, so no
+                // forward pass is larger (memory grows with the batch).
+                Some(rows) if limits.split && rows > limits.max_batch_size => {
+                    compute_in_slices(backend, &job.inputs, rows, limits.max_batch_size, on_batch)
+                }
+                _ => {
+                    on_batch(items);
+                    backend.compute(&job.inputs)
+                }
+            };
+            let _ = job.reply.send(result);
             true
         }
         _ => {
@@ -277,6 +295,41 @@ fn run_merged(backend: &dyn Backend, batch: Vec<Job>, on_batch: &impl Fn(usize))
         offset += n;
         let _ = job.reply.send(mine);
     }
+}
+
+/// Runs a call of `rows` rows as forward passes of at most `max` rows each
+/// and joins the outputs back along the first axis.
+fn compute_in_slices(
+    backend: &dyn Backend,
+    inputs: &[NamedTensor],
+    rows: usize,
+    max: usize,
+    on_batch: &impl Fn(usize),
+) -> Result<Vec<NamedTensor>, RunnerError> {
+    let mut joined: Vec<NamedTensor> = Vec::new();
+    for start in (0..rows).step_by(max) {
+        let n = max.min(rows - start);
+        let slice: Vec<NamedTensor> = inputs
+            .iter()
+            .map(|(name, t)| split_rows(t, rows, start, n).map(|t| (name.clone(), t)))
+            .collect::<Result<_, _>>()?;
+        on_batch(n);
+        let outputs = backend.compute(&slice)?;
+        if joined.is_empty() {
+            joined = outputs;
+            continue;
+        }
+        for ((name, all), (other, part)) in joined.iter_mut().zip(outputs) {
+            if *name != other || all.dims[1..] != part.dims[1..] || all.ty != part.ty {
+                return Err(RunnerError::Runtime(format!(
+                    "slices of one call gave different outputs ({name}, {other})"
+                )));
+            }
+            all.dims[0] += part.dims[0];
+            all.data.extend_from_slice(&part.data);
+        }
+    }
+    Ok(joined)
 }
 
 /// Rows `offset..offset + n` of a `[total, ...]` tensor.
@@ -375,6 +428,21 @@ mod tests {
             vec![vec![3.0], vec![10.0, 90.0], vec![25.0], vec![7.0], vec![2.0, 4.0, 6.0, 4.0], vec![100.0]]
         );
         assert_eq!(*backend.batches.lock().unwrap(), [5, 5]);
+    }
+
+    #[test]
+    fn a_call_larger_than_max_batch_size_runs_in_slices_with_the_same_result() {
+        let backend = Arc::new(Summer { batches: Mutex::new(Vec::new()) });
+        let (tx, rx) = mpsc::channel::<Work>();
+        let rows: Vec<Vec<i64>> = (1..=7).map(|i| vec![i; i as usize]).collect();
+        let refs: Vec<&[i64]> = rows.iter().map(|r| r.as_slice()).collect();
+        let (job, answer) = Job::new(call(&refs), Instant::now());
+        tx.send(Work::Job(job)).unwrap();
+        drop(tx);
+        run_worker(backend.as_ref(), &Mutex::new(rx), 3, None, |_| {});
+        let sums = answer.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap();
+        assert_eq!(sums, (1..=7).map(|i| (i * i) as f32).collect::<Vec<_>>());
+        assert_eq!(*backend.batches.lock().unwrap(), [3, 3, 1]);
     }
 
     #[test]
