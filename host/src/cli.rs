@@ -103,8 +103,9 @@ impl Output {
             println!("{}", serde_json::to_string_pretty(t)?);
         } else if !self.quiet {
             let mib = t.bytes_transferred as f64 / (1024.0 * 1024.0);
+            let preposition = if verb == "pushed" { "to" } else { "from" };
             println!(
-                "{verb} {} {} as {} ({}): {} blobs, {mib:.1} MiB in {:.1}s ({:.1} MiB/s), {} already there",
+                "{verb} {} {} {preposition} {} ({}): {} blobs, {mib:.1} MiB in {:.1}s ({:.1} MiB/s), {} already there",
                 t.kind,
                 t.tag,
                 t.reference,
@@ -128,6 +129,8 @@ pub enum ModelsCommand {
         /// The tag to store it under (name or name:version).
         #[arg(long)]
         name: Tag,
+        #[command(flatten)]
+        output: Output,
     },
     /// List the models in the store.
     List {
@@ -203,7 +206,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => Store::from_env()?,
     };
     match cli.command {
-        Command::Models(ModelsCommand::Import { source, name }) => import_model(&store, &source, &name).await,
+        Command::Models(ModelsCommand::Import { source, name, output }) => {
+            import_model(&store, &source, &name, output).await
+        }
         Command::Models(ModelsCommand::List { json }) => list_models(&store, json),
         Command::Models(ModelsCommand::Push { model, reference, output }) => {
             push(&store, &model, &reference, output, Some(Kind::Model)).await
@@ -340,20 +345,47 @@ async fn login(store: &Store, registry: &str, username: String, password_stdin: 
     Ok(())
 }
 
-async fn import_model(store: &Store, source: &str, tag: &Tag) -> Result<()> {
+async fn import_model(store: &Store, source: &str, tag: &Tag, output: Output) -> Result<()> {
+    let started = std::time::Instant::now();
     let model = match HubRef::parse(source) {
         Some(hub_ref) => crate::hub::import(store, &hub_ref?, source, tag).await?,
         None => {
             let dir =
                 std::fs::canonicalize(source).with_context(|| format!("{source}: no such directory"))?;
+            let bar = output.progress().bytes(&format!("importing {tag}"), tree_size(&dir));
             let (store, tag) = (store.clone(), tag.clone());
             let label = dir.display().to_string();
-            tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &label)).await??
+            let model = tokio::task::spawn_blocking(move || {
+                store.import_model_dir_with(&dir, &tag, &label, &|n| bar.inc(n))
+            })
+            .await??;
+            model
         }
     };
-    let size: u64 = model.info.files.iter().map(|f| f.size).sum();
-    println!("imported model {} ({} files, {} bytes)", model.tag(), model.info.files.len(), size);
-    Ok(())
+    let transfer = crate::oci::registry::Transfer {
+        reference: source.to_string(),
+        digest: model.digest.clone(),
+        kind: "model".into(),
+        tag: model.tag().to_string(),
+        blobs_transferred: model.info.files.len(),
+        blobs_skipped: 0,
+        bytes_transferred: model.info.files.iter().map(|f| f.size).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    output.report("imported", &transfer)
+}
+
+/// Bytes of the regular files below `dir`.
+fn tree_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn list_models(store: &Store, json: bool) -> Result<()> {

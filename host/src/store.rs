@@ -146,12 +146,23 @@ impl Store {
     /// a version derived from the files' digests when none is given).
     /// Importing the same files twice yields the same version.
     pub fn import_model_dir(&self, src: &Path, tag: &Tag, source: &str) -> Result<StoredModel> {
+        self.import_model_dir_with(src, tag, source, &|_| {})
+    }
+
+    /// [`Store::import_model_dir`], reporting bytes copied to `progress` as it goes.
+    pub fn import_model_dir_with(
+        &self,
+        src: &Path,
+        tag: &Tag,
+        source: &str,
+        progress: &dyn Fn(u64),
+    ) -> Result<StoredModel> {
         if !src.is_dir() {
             bail!("{} is not a directory", src.display());
         }
         let _writing = self.layout.writing()?;
         let mut files = Vec::new();
-        store_tree(&self.layout, src, src, &mut files)?;
+        store_tree(&self.layout, src, src, &mut files, progress)?;
         if files.is_empty() {
             bail!("{} holds no files", src.display());
         }
@@ -571,7 +582,13 @@ fn safe_relative_path(path: &str) -> Result<PathBuf> {
 
 /// Stores the regular files below `dir` as blobs, recording their paths
 /// relative to `base`. Hidden files (`.git`, `.gitattributes`) are skipped.
-fn store_tree(layout: &Layout, base: &Path, dir: &Path, files: &mut Vec<FileInfo>) -> Result<()> {
+fn store_tree(
+    layout: &Layout,
+    base: &Path,
+    dir: &Path,
+    files: &mut Vec<FileInfo>,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with('.') {
@@ -580,15 +597,32 @@ fn store_tree(layout: &Layout, base: &Path, dir: &Path, files: &mut Vec<FileInfo
         let path = entry.path();
         let meta = fs::metadata(&path)?;
         if meta.is_dir() {
-            store_tree(layout, base, &path, files)?;
+            store_tree(layout, base, &path, files, progress)?;
         } else if meta.is_file() {
-            let blob = layout.put_file(&path)?;
+            let input = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let blob = layout
+                .put_reader(Counting { inner: input, progress })
+                .with_context(|| format!("copying {}", path.display()))?;
             let rel = path.strip_prefix(base).expect("walked below base");
             let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>();
             files.push(FileInfo { path: rel.join("/"), size: blob.size, digest: blob.digest });
         }
     }
     Ok(())
+}
+
+/// A reader that reports how many bytes went through it.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<R: io::Read> io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
 }
 
 /// `sha256:<hex>` of some bytes.

@@ -111,9 +111,14 @@ impl Layout {
 
     /// Stores a file's content as a blob (copied, hashed on the way).
     pub fn put_file(&self, path: &Path) -> Result<Blob> {
-        let mut input = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let input = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        self.put_reader(input).with_context(|| format!("copying {}", path.display()))
+    }
+
+    /// Stores everything `input` yields as a blob.
+    pub fn put_reader(&self, mut input: impl io::Read) -> Result<Blob> {
         let mut writer = self.writer()?;
-        io::copy(&mut input, &mut writer).with_context(|| format!("copying {}", path.display()))?;
+        io::copy(&mut input, &mut writer)?;
         writer.commit(None)
     }
 

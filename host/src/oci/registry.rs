@@ -112,6 +112,11 @@ impl Progress {
         Progress { bars: None }
     }
 
+    /// A bar for `size` bytes of work (hidden when there are no bars).
+    pub fn bytes(&self, what: &str, size: u64) -> indicatif::ProgressBar {
+        self.blob(what, size)
+    }
+
     fn blob(&self, what: &str, size: u64) -> indicatif::ProgressBar {
         let Some(bars) = &self.bars else { return indicatif::ProgressBar::hidden() };
         let style = indicatif::ProgressStyle::with_template(
