@@ -50,7 +50,8 @@ def main():
             f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/data\n"
             f"http:\n  addr: {registry}\n"
         )
-    server = subprocess.Popen(["docker-registry", "serve", f"{work}/config.yml"], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(["docker-registry", "serve", f"{work}/config.yml"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:

@@ -13,3 +13,6 @@ mkdir -p "$out"
 
 WASMBENTO_BENCH_OUT="$out/serving.md" cargo bench -p wasmbento-tests --bench serving
 bash scripts/bench-http.sh | tee "$out/http.md"
+ensure_registry_tools
+bin="$(dirname "$out")/release/wasmbento"
+python3 scripts/bench-registry.py "$bin" "$WASMBENTO_MINILM_DIR" | tee "$out/registry.md"
