@@ -18,16 +18,10 @@ async fn wait_replicas(d: &wasmbento::deployment::Deployment, n: u32) {
         .unwrap();
 }
 
-/// Replaces deployment `m`'s scaling policy through the admin API.
-async fn put_scaling(http: &reqwest::Client, base: &str, policy: &Value) {
-    let url = format!("{base}/admin/v1/deployments/m/scaling");
-    let res = http.put(url).bearer_auth(ADMIN_TOKEN).json(policy).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
-    let (_home, store) = temp_store();
+/// The misbehave bento as deployment `m`: one call at a time per replica,
+/// 10 s timeout.
+async fn serve_one_slot_per_replica() -> (tempfile::TempDir, wasmbento::server::RunningServer) {
+    let (home, store) = temp_store();
     build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
     let mut options = serve_options(&[]);
     let traffic = Traffic { timeout: 10.0, max_concurrency: Some(1), ..Traffic::default() };
@@ -38,6 +32,19 @@ async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
     }];
     let server = wasmbento::server::start(&store, options).await.unwrap();
     server.wait_ready().await.unwrap();
+    (home, server)
+}
+
+/// Replaces deployment `m`'s scaling policy through the admin API.
+async fn put_scaling(http: &reqwest::Client, base: &str, policy: &Value) {
+    let url = format!("{base}/admin/v1/deployments/m/scaling");
+    let res = http.put(url).bearer_auth(ADMIN_TOKEN).json(policy).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_after_idle_wake_on_demand_and_scale_up_under_a_burst() {
+    let (_home, server) = serve_one_slot_per_replica().await;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
@@ -136,17 +143,7 @@ async fn a_gauge_the_service_reports_drives_a_custom_metric_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_down_drains_and_a_request_arriving_meanwhile_is_served() {
-    let (_home, store) = temp_store();
-    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
-    let mut options = serve_options(&[]);
-    let traffic = Traffic { timeout: 10.0, max_concurrency: Some(1), ..Traffic::default() };
-    options.deployments = vec![DeploymentSpec {
-        bento: "misbehave".parse().unwrap(),
-        name: Some("m".into()),
-        traffic: Some(traffic),
-    }];
-    let server = wasmbento::server::start(&store, options).await.unwrap();
-    server.wait_ready().await.unwrap();
+    let (_home, server) = serve_one_slot_per_replica().await;
     let (base, http) = (format!("http://{}", server.addr), reqwest::Client::new());
     let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
     let sleep = |ms: u64, tag: &'static str| {

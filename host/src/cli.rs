@@ -348,7 +348,10 @@ async fn login(store: &Store, registry: &str, username: String, password_stdin: 
 async fn import_model(store: &Store, source: &str, tag: &Tag, output: Output) -> Result<()> {
     let started = std::time::Instant::now();
     let model = match HubRef::parse(source) {
-        Some(hub_ref) => crate::hub::import(store, &hub_ref?, source, tag).await?,
+        Some(hub_ref) => {
+            let bar = output.progress().bytes(&format!("downloading {tag}"), 0);
+            crate::hub::import_showing(store, &hub_ref?, source, tag, bar).await?
+        }
         None => {
             let dir =
                 std::fs::canonicalize(source).with_context(|| format!("{source}: no such directory"))?;

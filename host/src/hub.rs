@@ -48,15 +48,54 @@ impl HubRef {
 /// The download goes to a scratch directory inside the store, so an
 /// interrupted import leaves nothing behind.
 pub async fn import(store: &Store, hub_ref: &HubRef, source: &str, tag: &Tag) -> Result<StoredModel> {
+    import_showing(store, hub_ref, source, tag, indicatif::ProgressBar::hidden()).await
+}
+
+/// [`import`], showing the download on `bar` (bytes, rate).
+pub async fn import_showing(
+    store: &Store,
+    hub_ref: &HubRef,
+    source: &str,
+    tag: &Tag,
+    bar: indicatif::ProgressBar,
+) -> Result<StoredModel> {
     let scratch = store.scratch_dir()?;
-    download(hub_ref, scratch.path()).await?;
+    download(hub_ref, scratch.path(), bar).await?;
     let (store, tag, source, dir) =
         (store.clone(), tag.clone(), source.to_string(), scratch.path().to_path_buf());
     tokio::task::spawn_blocking(move || store.import_model_dir(&dir, &tag, &source)).await?
 }
 
+/// Drives a progress bar from the hub client's download events.
+struct Bar {
+    bar: indicatif::ProgressBar,
+    /// Bytes done per file: the events carry per-file totals, not deltas.
+    files: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl hf_hub::progress::ProgressHandler for Bar {
+    fn on_progress(&self, event: &hf_hub::progress::ProgressEvent) {
+        use hf_hub::progress::{DownloadEvent, ProgressEvent};
+        let ProgressEvent::Download(event) = event else { return };
+        match event {
+            DownloadEvent::Start { total_bytes, .. } => self.bar.set_length(*total_bytes),
+            DownloadEvent::Progress { files } => {
+                let mut done = self.files.lock().unwrap();
+                for f in files {
+                    done.insert(f.filename.clone(), f.bytes_completed);
+                }
+                self.bar.set_position(done.values().sum());
+            }
+            DownloadEvent::AggregateProgress { bytes_completed, .. } => {
+                self.bar.set_position(*bytes_completed)
+            }
+            DownloadEvent::Complete => self.bar.finish(),
+        }
+    }
+}
+
 /// Downloads the model's files into `dest`.
-pub async fn download(hub_ref: &HubRef, dest: &Path) -> Result<()> {
+pub async fn download(hub_ref: &HubRef, dest: &Path, bar: indicatif::ProgressBar) -> Result<()> {
     let client = hf_hub::HFClient::new().context("configuring the hub client")?;
     let repo = client.model(hub_ref.owner.clone(), hub_ref.name.clone());
     let endpoint = client.endpoint().to_string();
@@ -64,7 +103,8 @@ pub async fn download(hub_ref: &HubRef, dest: &Path) -> Result<()> {
         .snapshot_download()
         .maybe_revision(hub_ref.revision.clone())
         .allow_patterns(WANTED.iter().map(|s| s.to_string()).collect())
-        .local_dir(dest.to_path_buf());
+        .local_dir(dest.to_path_buf())
+        .progress(hf_hub::progress::Progress::new(Bar { bar, files: Default::default() }));
     request
         .send()
         .await
