@@ -77,6 +77,7 @@ pub async fn build(store: &Store, runtime: &Runtime, dir: &Path) -> Result<Store
         traffic: source.traffic,
         scaling: source.scaling,
         runners: source.runners,
+        resources: source.resources,
         apis,
     };
     store.put_bento(&manifest, &wasm)

@@ -76,6 +76,12 @@ pub enum Command {
     },
     /// Serve bentos over HTTP, one deployment each.
     Serve(ServeArgs),
+    /// What this host has: CPUs, memory and GPUs (or why none was found).
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How transfers report.
@@ -243,7 +249,38 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::List { json } => list_bentos(&store, json),
         Command::Serve(args) => serve(&store, args).await,
+        Command::Info { json } => info(json),
     }
+}
+
+fn info(json: bool) -> Result<()> {
+    let info = crate::devices::discover();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("CPUs:   {}", info.cpus);
+    println!(
+        "memory: {:.1} GiB total, {:.1} GiB available",
+        gib(info.memory_total_bytes),
+        gib(info.memory_available_bytes)
+    );
+    for g in &info.gpus {
+        println!(
+            "GPU {}:  {} ({:.1} GiB, {:.1} GiB free, compute capability {}.{})",
+            g.ordinal,
+            g.name,
+            gib(g.memory_total_bytes),
+            gib(g.memory_free_bytes),
+            g.compute_capability.0,
+            g.compute_capability.1
+        );
+    }
+    if let Some(why) = &info.no_gpu_reason {
+        println!("GPUs:   none ({why})");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 //! the autoscaler, one controller per component).
 //!
 //! Beside it: [`store`] (models and bentos on disk), [`builder`] (plugin →
-//! bento), [`hub`] (model import), [`compile_cache`], [`metrics`],
+//! bento), [`hub`] (model import), [`devices`] (CPUs, memory, GPUs; placement), [`compile_cache`], [`metrics`],
 //! [`openapi`], [`server`] (wiring) and [`cli`].
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod builder;
 pub mod cli;
 pub mod compile_cache;
 pub mod deployment;
+pub mod devices;
 pub mod fleet;
 pub mod http;
 pub mod hub;

@@ -28,6 +28,9 @@ pub struct SourceManifest {
     /// Defaults of each model's runner, by the model's name above.
     #[serde(default)]
     pub runners: BTreeMap<String, RunnerConfig>,
+    /// What each runner replica asks for (BentoML's `resources`).
+    #[serde(default)]
+    pub resources: crate::devices::Resources,
 }
 
 /// A built bento's manifest, stored as `bento.toml` beside the component.
@@ -50,6 +53,8 @@ pub struct BentoManifest {
     pub scaling: Scaling,
     #[serde(default)]
     pub runners: BTreeMap<String, RunnerConfig>,
+    #[serde(default)]
+    pub resources: crate::devices::Resources,
     #[serde(default)]
     pub apis: Vec<ApiSpec>,
 }
@@ -210,6 +215,7 @@ impl SourceManifest {
         for (alias, tag) in &manifest.models {
             tag.parse::<crate::tag::Tag>().map_err(|e| anyhow::anyhow!("models.{alias}: {e}"))?;
         }
+        manifest.resources.validate().map_err(anyhow::Error::msg)?;
         for (alias, runner) in &manifest.runners {
             if !manifest.models.contains_key(alias) {
                 anyhow::bail!("runners.{alias}: no model of that name in [models]");
@@ -284,6 +290,7 @@ mod tests {
             traffic: Traffic::default(),
             scaling: Scaling::default(),
             runners: BTreeMap::new(),
+            resources: Default::default(),
             apis: vec![ApiSpec {
                 name: "greet".into(),
                 doc: "Greets.".into(),
