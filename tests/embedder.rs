@@ -195,3 +195,33 @@ async fn minilm_matches_sentence_transformers() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
+    let (_home, store) = temp_store();
+    import_tiny_bert(&store, MODEL, 5);
+    let built = build_plugin(&store, "plugins/embedder").await.unwrap();
+    for (name, required) in [("wants-gpu", false), ("needs-gpu", true)] {
+        let mut manifest = built.manifest.clone();
+        manifest.name = name.into();
+        manifest.resources =
+            wasmbento::devices::Resources { gpu: 1, gpu_required: required, ..Default::default() };
+        store.put_bento(&manifest, &built.component_path).unwrap();
+    }
+    let server = wasmbento::server::start(&store, serve_options(&["wants-gpu", "needs-gpu"])).await.unwrap();
+    let fallback = server.state.deployments.get("wants-gpu").unwrap();
+    fallback.wait_ready().await.unwrap();
+    let placed: Vec<String> =
+        fallback.events().into_iter().filter(|e| e.kind == "placement").map(|e| e.message).collect();
+    assert!(placed.iter().any(|m| m.contains("CPU")), "{placed:?}");
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let url = format!("{base}/wants-gpu/encode");
+    assert_eq!(http.post(url).json(&texts(&["a dog"])).send().await.unwrap().status(), StatusCode::OK);
+    // Required: the deployment refuses to start, saying why.
+    let err = server.state.deployments.get("needs-gpu").unwrap().wait_ready().await.unwrap_err().to_string();
+    assert!(err.contains("GPU"), "{err}");
+    let res = http.post(format!("{base}/needs-gpu/encode")).json(&texts(&["a dog"])).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    server.shutdown().await.unwrap();
+}

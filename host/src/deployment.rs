@@ -184,6 +184,11 @@ impl Deployment {
         let mut runners = BTreeMap::new();
         for (alias, model) in models {
             let tag = model.tag();
+            if let Err(why) = self.place_runner(&alias, &model) {
+                let message = format!("placing the runner of model {tag}: {why}");
+                self.readiness.send_replace(Readiness::Failed(message.clone()));
+                anyhow::bail!(message);
+            }
             let config = configs.get(&alias).cloned().unwrap_or_default();
             let made = async {
                 let runner = Runner::new(&alias, model, Arc::clone(cache), &config.traffic)?;
@@ -204,6 +209,37 @@ impl Deployment {
         self.readiness.send_replace(Readiness::Ready(Arc::new(ModelSet::new(runners))));
         tracing::info!(deployment = %self.name, "deployment ready");
         Ok(())
+    }
+
+    /// Decides where a runner runs from the bento's `[resources]` and records
+    /// it. Runners execute on the CPU in this build: a GPU placement is
+    /// recorded with that warning, and a required GPU refuses to start.
+    fn place_runner(&self, name: &str, model: &StoredModel) -> Result<(), String> {
+        let resources = &self.bento.resources;
+        if resources.gpu == 0 {
+            return Ok(());
+        }
+        let weights: u64 = model.info.files.iter().map(|f| f.size).sum();
+        let gpus = crate::devices::gpus().clone().unwrap_or_default();
+        match crate::devices::place(resources, &gpus, weights)? {
+            crate::devices::Placement::Gpu { ordinal } if resources.gpu_required => Err(format!(
+                "GPU {ordinal} fits, but this build has no GPU runner backend yet and the GPU is required"
+            )),
+            crate::devices::Placement::Gpu { ordinal } => {
+                let message = format!(
+                    "runner {name}: placed on GPU {ordinal}, but this build has no GPU runner backend yet: running on the CPU"
+                );
+                tracing::warn!(deployment = %self.name, "{message}");
+                self.record("placement", message);
+                Ok(())
+            }
+            crate::devices::Placement::Cpu { warning } => {
+                let message = format!("runner {name}: {}", warning.unwrap_or_else(|| "on the CPU".into()));
+                tracing::warn!(deployment = %self.name, "{message}");
+                self.record("placement", message);
+                Ok(())
+            }
+        }
     }
 
     /// The runners, by the name the guest uses (empty until loaded).

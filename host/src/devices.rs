@@ -57,6 +57,13 @@ pub fn discover() -> HostInfo {
     }
 }
 
+/// The GPUs found when first asked (device discovery opens a context per
+/// device: once per process is enough).
+pub fn gpus() -> &'static Result<Vec<GpuInfo>, String> {
+    static GPUS: std::sync::OnceLock<Result<Vec<GpuInfo>, String>> = std::sync::OnceLock::new();
+    GPUS.get_or_init(discover_gpus)
+}
+
 /// The GPUs the CUDA driver reports, or why there are none.
 pub fn discover_gpus() -> Result<Vec<GpuInfo>, String> {
     use cudarc::driver::{CudaContext, result};
