@@ -9,7 +9,8 @@
 //! Blobs are written to a staging file beside the layout, checked against
 //! their digest and renamed into `blobs/` whole: a reader never sees a
 //! partial blob, and a writer interrupted at any point leaves the layout as
-//! it was (at most a staging file, which the next writer's sweep removes).
+//! it was (at most a staging file, swept when the layout is next opened
+//! with no writer at work, or by garbage collection).
 //! `index.json` is replaced atomically under an exclusive lock, so
 //! concurrent writers (two pulls, a build during a pull) do not lose each
 //! other's tags. Garbage collection takes the layout's lock exclusively,
@@ -75,7 +76,23 @@ impl Layout {
             };
             layout.write_atomic("index.json", &serde_json::to_vec_pretty(&empty)?)?;
         }
+        // Staging files a killed writer left behind, if no writer is at work.
+        if let Some(_alone) = FileLock::try_exclusive(&layout.staging.join("gc.lock"))? {
+            layout.sweep_staging()?;
+        }
         Ok(layout)
+    }
+
+    /// Removes staging files; only while holding the gc lock exclusively.
+    fn sweep_staging(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.staging)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("blob-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -208,6 +225,7 @@ impl Layout {
     /// Deletes blobs no tagged manifest reaches; returns the bytes freed.
     pub fn collect_garbage(&self) -> Result<u64> {
         let _gc = FileLock::exclusive(&self.staging.join("gc.lock"))?;
+        self.sweep_staging()?;
         let mut live = HashSet::new();
         for entry in self.index()?.manifests {
             live.insert(entry.digest.clone());
@@ -315,12 +333,27 @@ impl FileLock {
         FileLock::take(path, libc::LOCK_SH)
     }
 
+    /// The exclusive lock if nobody holds the file locked, else `None`.
+    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>> {
+        match FileLock::take(path, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e)
+                if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::WouldBlock) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn take(path: &Path, how: libc::c_int) -> Result<FileLock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
         // SAFETY: flock on a file descriptor we own; the lock goes with the file.
         if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+            return Err(
+                anyhow::Error::new(io::Error::last_os_error()).context(format!("locking {}", path.display()))
+            );
         }
         Ok(FileLock { _file: file })
     }
@@ -362,6 +395,20 @@ mod tests {
         fs::write(layout.blob_path(&blob.digest).unwrap(), b"jello").unwrap();
         assert!(layout.read_blob(&blob.digest).unwrap_err().to_string().contains("corrupt"));
         assert!(layout.blob_path("sha256:xyz").is_err());
+    }
+
+    #[test]
+    fn staging_left_by_a_killed_writer_is_swept_when_nobody_writes() {
+        let (dir, layout) = layout();
+        let left = dir.path().join("tmp/blob-killed");
+        fs::write(&left, b"partial").unwrap();
+        {
+            let _writing = layout.writing().unwrap();
+            Layout::open(dir.path(), dir.path().join("tmp")).unwrap();
+            assert!(left.exists(), "swept while a writer was at work");
+        }
+        Layout::open(dir.path(), dir.path().join("tmp")).unwrap();
+        assert!(!left.exists());
     }
 
     #[test]
