@@ -225,3 +225,20 @@ async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_weights_in_the_store_are_refused_not_served() {
+    let (_home, store) = temp_store();
+    let model = import_tiny_bert(&store, MODEL, 9);
+    build_plugin(&store, "plugins/embedder").await.unwrap();
+    let weights = model.info.files.iter().find(|f| f.path == "model.safetensors").unwrap();
+    let path = store.layout().blob_path(&weights.digest).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let server = wasmbento::server::start(&store, serve_options(&["embedder"])).await.unwrap();
+    let err = server.wait_ready().await.unwrap_err().to_string();
+    assert!(err.contains("model.safetensors is corrupt"), "{err}");
+    server.shutdown().await.unwrap();
+}

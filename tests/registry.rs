@@ -100,6 +100,15 @@ async fn a_bento_round_trips_and_bentos_share_their_model() {
     // A re-pull fetches nothing.
     let again = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
     assert_eq!(again.blobs_transferred, 0);
+    // A blob corrupted in the store is noticed and fetched again.
+    let component = original.manifest.component.digest.clone();
+    let path = fresh.layout().blob_path(&component).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let repaired = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    assert_eq!(repaired.blobs_transferred, 1, "{repaired:?}");
+    assert!(fresh.layout().verify_blob(&component).unwrap());
 
     // Delete locally, pull back into the same store.
     store.delete_bento(&"twin".parse().unwrap()).unwrap();
@@ -199,6 +208,41 @@ async fn tampered_blobs_are_refused_and_nothing_is_written() {
     assert!(fresh.models().unwrap().is_empty(), "a model was tagged before its bento was complete");
     assert!(!fresh.layout().has_blob(&component));
     assert!(staged(&fresh).is_empty(), "{:?}", staged(&fresh));
+
+    // Asked for a model, given a bento: refused before any layer is fetched.
+    let (_m, wrong) = temp_store();
+    let err =
+        format!("{:#}", client(&wrong, &target).pull_kind(&wrong, &target, Some("model")).await.unwrap_err());
+    assert!(err.contains("is a bento, not a model"), "{err}");
+    assert!(!wrong.layout().has_blob(&component));
+
+    // Not a wasmbento artifact at all (an ordinary image config): refused
+    // before its layer is fetched.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = wasmbento::oci::Layout::open(plain_dir.path(), plain_dir.path().join("tmp")).unwrap();
+    let config = plain.put_bytes(br#"{"architecture":"amd64","os":"linux"}"#).unwrap();
+    let layer = plain.put_bytes(b"not a tarball, but large enough to notice").unwrap();
+    let manifest = oci_client::manifest::OciImageManifest {
+        schema_version: 2,
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        config: config.descriptor("application/vnd.oci.image.config.v1+json"),
+        layers: vec![layer.descriptor("application/vnd.oci.image.layer.v1.tar")],
+        subject: None,
+        artifact_type: None,
+        annotations: None,
+    };
+    plain.put_manifest("plain", &serde_json::to_vec(&manifest).unwrap(), Default::default()).unwrap();
+    let plain_ref = format!("{}/misc/plain:1", registry.addr);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:plain", plain_dir.path().display()),
+        &format!("docker://{plain_ref}"),
+    ]);
+    let plain_ref = parse_reference(&plain_ref).unwrap();
+    let err = format!("{:#}", client(&wrong, &plain_ref).pull(&wrong, &plain_ref).await.unwrap_err());
+    assert!(err.contains("not a wasmbento bento or model"), "{err}");
+    assert!(!wrong.layout().has_blob(&layer.digest), "the layer was fetched before the refusal");
 
     // Stored tampered: a corrupt blob in our store is not published.
     let (_c, other) = embedder_store().await;

@@ -107,6 +107,8 @@ impl Output {
     fn report(&self, verb: &str, t: &crate::oci::registry::Transfer) -> Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(t)?);
+        } else if !self.quiet && t.reference.starts_with("oci:") {
+            println!("{verb} {} {} from {} ({})", t.kind, t.tag, t.reference, t.digest);
         } else if !self.quiet {
             let mib = t.bytes_transferred as f64 / (1024.0 * 1024.0);
             let preposition = if verb == "pushed" { "to" } else { "from" };
@@ -375,6 +377,15 @@ async fn login(store: &Store, registry: &str, username: String, password_stdin: 
             "give the password on standard input (--password-stdin) or in WASMBENTO_REGISTRY_PASSWORD",
         )?
     };
+    let host_port = registry.split(':').next().is_some_and(|h| !h.is_empty());
+    if registry.contains("://") || registry.contains('/') || !host_port {
+        anyhow::bail!(
+            "{registry:?}: name the registry as host[:port], e.g. registry.example.com or localhost:5000"
+        );
+    }
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
     let auth = oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone());
     Registry::with_auth(registry, auth, Progress::hidden()).check_login().await?;
     save(store.root(), registry, &Credentials { username, password })?;

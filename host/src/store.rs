@@ -3,7 +3,7 @@
 //! Everything the host keeps on disk lives under one root, `$WASMBENTO_HOME`
 //! (default: `wasmbento` in the user's data directory). The root is an OCI
 //! image layout ([`crate::oci::layout`]), so standard tools read it
-//! (`skopeo inspect oci:$WASMBENTO_HOME:bento/embedder:0.1.0`):
+//! (`skopeo inspect --raw oci:$WASMBENTO_HOME:bento/embedder:0.1.0`):
 //!
 //! ```text
 //! oci-layout, index.json       the layout; tags are bento/<name>:<version>, model/<name>:<version>
@@ -493,6 +493,8 @@ impl Store {
             anyhow!("{} has no manifest named {name:?} (names: {})", dir.display(), names.join(", "))
         })?;
         let _writing = self.layout.writing()?;
+        kind_of(&source.read_manifest(&entry.digest)?)
+            .with_context(|| format!("{}:{name}", dir.display()))?;
         let manifest = self.copy_artifact(&source, &entry.digest)?;
         for (model_tag, model_digest) in model_refs(&manifest)?.values() {
             if !source.has_blob(model_digest) {
@@ -544,6 +546,16 @@ impl StoredBento {
 
     fn model_digests(&self) -> Result<Vec<String>> {
         Ok(self.models()?.into_values().map(|(_, d)| d).collect())
+    }
+}
+
+/// `"bento"` or `"model"` by a manifest's config media type; anything else
+/// is refused, naming what it is.
+pub fn kind_of(manifest: &OciImageManifest) -> Result<&'static str> {
+    match manifest.config.media_type.as_str() {
+        media::MODEL_CONFIG => Ok("model"),
+        media::WASM_CONFIG => Ok("bento"),
+        other => bail!("not a wasmbento bento or model (config media type {other})"),
     }
 }
 

@@ -70,8 +70,14 @@ fn matches(key: &str, registry: &str) -> bool {
 pub fn find(store_root: &Path, registry: &str) -> Result<Option<Credentials>> {
     for file in config_files(store_root) {
         let Ok(bytes) = std::fs::read(&file) else { continue };
-        let config: ConfigFile =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", file.display()))?;
+        let config: ConfigFile = match serde_json::from_slice(&bytes) {
+            Ok(config) => config,
+            // A broken file must not block anonymous access elsewhere.
+            Err(e) => {
+                tracing::warn!("ignoring {}: {e}", file.display());
+                continue;
+            }
+        };
         for (key, entry) in &config.auths {
             if !matches(key, registry) {
                 continue;

@@ -108,6 +108,21 @@ impl Layout {
         self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
+    /// Whether a stored blob still hashes to its digest; a corrupt one is
+    /// removed (so it can be fetched again).
+    pub fn verify_blob(&self, digest: &str) -> Result<bool> {
+        let path = self.blob_path(digest)?;
+        let mut file = fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        io::copy(&mut file, &mut hasher)?;
+        if format!("sha256:{}", hex::encode(hasher.finalize())) == digest {
+            return Ok(true);
+        }
+        tracing::warn!(blob = digest, "a stored blob was corrupt; removed it");
+        fs::remove_file(&path)?;
+        Ok(false)
+    }
+
     /// A small blob's bytes (manifests, configs), checked against its digest.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;

@@ -60,10 +60,8 @@ pub fn is_reference(text: &str) -> bool {
 /// returns its tag in the store (`serve` and the admin API's deploy).
 pub async fn pull_bento(store: &Store, reference: &str, progress: Progress) -> Result<Tag> {
     let reference = parse_reference(reference)?;
-    let pulled = Registry::for_reference(store, &reference, progress)?.pull(store, &reference).await?;
-    if pulled.kind != "bento" {
-        bail!("{} is a {}, not a bento", pulled.reference, pulled.kind);
-    }
+    let registry = Registry::for_reference(store, &reference, progress)?;
+    let pulled = registry.pull_kind(store, &reference, Some("bento")).await?;
     Ok(pulled.tag.parse()?)
 }
 
@@ -265,13 +263,25 @@ impl Registry {
     /// blob is fetched and checked before anything is tagged: a failure
     /// leaves the store's bentos and models as they were.
     pub async fn pull(&self, store: &Store, reference: &Reference) -> Result<Transfer> {
+        self.pull_kind(store, reference, None).await
+    }
+
+    /// [`Registry::pull`], refusing before any layer is fetched when the
+    /// artifact is not a `kind` (`"bento"` or `"model"`).
+    pub async fn pull_kind(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        kind: Option<&str>,
+    ) -> Result<Transfer> {
         let started = std::time::Instant::now();
         // Blobs fetched for tags not yet written are not garbage.
         let _writing = store.layout().writing()?;
-        let (digest, manifest, mut transfer) = self.pull_artifact(store, reference, None).await?;
+        let (digest, manifest, mut transfer) = self.pull_artifact(store, reference, None, kind).await?;
         for (model_tag, model_digest) in crate::store::model_refs(&manifest)?.into_values() {
             let model_ref = model_reference(reference, &model_tag).clone_with_digest(model_digest.clone());
-            let (_, _, got) = self.pull_artifact(store, &model_ref, Some(&model_digest)).await?;
+            let (_, _, got) =
+                self.pull_artifact(store, &model_ref, Some(&model_digest), Some("model")).await?;
             transfer.blobs_transferred += got.blobs_transferred;
             transfer.blobs_skipped += got.blobs_skipped;
             transfer.bytes_transferred += got.bytes_transferred;
@@ -294,6 +304,7 @@ impl Registry {
         store: &Store,
         reference: &Reference,
         expected: Option<&str>,
+        expected_kind: Option<&str>,
     ) -> Result<(String, OciImageManifest, Transfer)> {
         let context = || format!("pulling {}", reference.whole());
         self.client
@@ -318,12 +329,20 @@ impl Registry {
         }
         let manifest: OciImageManifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: parsing the manifest", reference.whole()))?;
+        // Known kinds only, before any layer is fetched.
+        let kind = crate::store::kind_of(&manifest).map_err(|e| anyhow!("{}: {e}", reference.whole()))?;
+        if let Some(wanted) = expected_kind
+            && kind != wanted
+        {
+            bail!("{} is a {kind}, not a {wanted}", reference.whole());
+        }
         let _writing = store.layout().writing()?;
         // The manifest itself, checked above, for tagging once all is here.
         store.layout().put_bytes(&bytes)?;
         let mut transfer = Transfer::default();
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            if store.layout().has_blob(&blob.digest) {
+            // A blob already here is used only if it is still intact.
+            if store.layout().has_blob(&blob.digest) && store.layout().verify_blob(&blob.digest)? {
                 transfer.blobs_skipped += 1;
                 continue;
             }
@@ -383,6 +402,26 @@ fn explain(e: OciDistributionError, registry: &str) -> anyhow::Error {
             anyhow!("registry {registry} refused the credentials: {reason}")
         }
         OciDistributionError::ImageManifestNotFoundError(what) => anyhow!("not found in {registry}: {what}"),
+        OciDistributionError::RegistryError { envelope, url } => {
+            let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}", e.code)).collect();
+            let unknown = codes.iter().any(|c| c.contains("Unknown"));
+            if unknown {
+                anyhow!(
+                    "{registry} has no such repository or tag ({url}); pushed bentos and models are tagged with their version (e.g. :0.1.0), not latest"
+                )
+            } else {
+                anyhow!(
+                    "registry {registry} refused the request ({url}): {}",
+                    envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ")
+                )
+            }
+        }
+        OciDistributionError::ManifestParsingError(m) if m.contains("index") => {
+            anyhow!("this is an image index (a multi-platform image), not a wasmbento bento or model: {m}")
+        }
+        OciDistributionError::RequestError(e) if format!("{e:?}").contains("InvalidContentType") => anyhow!(
+            "{e}: is {registry} plain HTTP? Registries on loopback use HTTP; list others as host:port in WASMBENTO_INSECURE_REGISTRIES"
+        ),
         OciDistributionError::DigestError(d) => anyhow!("content from {registry} failed verification: {d}"),
         other => anyhow::Error::new(other),
     }

@@ -26,6 +26,8 @@ pub struct ModelCache {
     /// One load at a time per model.
     loading: Mutex<HashMap<Tag, Arc<tokio::sync::Mutex<()>>>>,
     tokenizers: Mutex<HashMap<Tag, Option<Arc<TextTokenizer>>>>,
+    /// Models whose files were checked against their digests in this process.
+    verified: Mutex<std::collections::HashSet<String>>,
     batch_sizes: BatchSizes,
     batching: Batching,
 }
@@ -39,6 +41,7 @@ impl ModelCache {
             weights: Mutex::default(),
             loading: Mutex::default(),
             tokenizers: Mutex::default(),
+            verified: Mutex::default(),
             batch_sizes,
             batching,
         }
@@ -63,7 +66,18 @@ impl ModelCache {
         }
         let started = Instant::now();
         let (dir, tag2) = (model.dir.clone(), tag.clone());
-        let backend = tokio::task::spawn_blocking(move || super::load_backend(&tag2, &dir)).await??;
+        let check = !self.verified.lock().unwrap().contains(&model.digest);
+        let files = model.info.files.clone();
+        let backend = tokio::task::spawn_blocking(move || {
+            // Weights are checked once per process: a corrupt store must not
+            // serve wrong answers quietly.
+            if check {
+                verify_files(&dir, &files).map_err(|e| anyhow::anyhow!("model {tag2}: {e:#}"))?;
+            }
+            super::load_backend(&tag2, &dir)
+        })
+        .await??;
+        self.verified.lock().unwrap().insert(model.digest.clone());
         tracing::info!(model = %tag, took_ms = started.elapsed().as_millis() as u64, backend = %backend.describe(), "weights loaded");
         self.weights.lock().unwrap().insert(tag, Arc::downgrade(&backend));
         Ok(backend)
@@ -93,6 +107,26 @@ impl ModelCache {
     pub fn is_loaded(&self, tag: &Tag) -> bool {
         self.weights.lock().unwrap().get(tag).is_some_and(|w| w.strong_count() > 0)
     }
+}
+
+/// Checks each file of a model against the digest its manifest records.
+fn verify_files(dir: &std::path::Path, files: &[crate::store::FileInfo]) -> Result<()> {
+    use sha2::Digest;
+    for f in files {
+        let path = dir.join(&f.path);
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != f.digest {
+            anyhow::bail!(
+                "{} is corrupt in the store (hashes to {actual}, expected {}); delete the model and import or pull it again",
+                f.path,
+                f.digest
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Hands memory freed by dropped weights back to the operating system.
