@@ -6,6 +6,9 @@
 //! the encoder's last hidden state, mean-pooled over the attention mask, then
 //! L2-normalised when the model's modules include `Normalize`.
 //!
+//! The order of operations is [`super::encoder::encode`], shared with other
+//! devices; this module provides the weights and the CPU primitives.
+//!
 //! Inputs are `input_ids`, `attention_mask` and (optionally)
 //! `token_type_ids`, I64 `[batch, seq]`. The output is `sentence_embedding`,
 //! FP32 `[batch, hidden]`.
@@ -17,6 +20,7 @@ use candle_core::{D, DType, Device, Module, Tensor as CTensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::encoder::{EncoderOps, EncoderShape, Norm, Projection, encode};
 use super::{Backend, NamedTensor, RunnerError, Tensor};
 
 /// The `config.json` keys a BERT encoder needs.
@@ -161,59 +165,115 @@ impl BertEncoder {
         if let Some(bad) = types.iter().find(|&&t| t < 0 || t as usize >= self.config.type_vocab_size) {
             bail!("token_type_ids holds {bad}, outside 0..{}", self.config.type_vocab_size);
         }
+        let shape = EncoderShape {
+            layers: self.config.num_hidden_layers,
+            heads: self.config.num_attention_heads,
+            pooling: self.pooling,
+            normalize: self.normalize,
+        };
+        encode(self, &shape, batch, seq, ids, mask, types)
+    }
+}
+
+/// The CPU primitives, with candle. The mask carries its padding bias for
+/// the attention scores.
+impl EncoderOps for BertEncoder {
+    type T = CTensor;
+    type Mask = (CTensor, CTensor);
+
+    fn mask(&self, batch: usize, seq: usize, mask: &[i64]) -> Result<Self::Mask> {
+        let values: Vec<f32> = mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
+        let mask = CTensor::from_vec(values, (batch, seq), &self.device)?;
+        // Padding positions get a large negative score before the softmax.
+        let bias = ((mask.clone() - 1.0)? * 1e4)?.reshape((batch, 1, 1, seq))?;
+        Ok((mask, bias))
+    }
+
+    fn embed(&self, batch: usize, seq: usize, ids: &[i64], types: &[i64]) -> Result<CTensor> {
         let dev = &self.device;
         let to_u32 = |v: &[i64]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
         let ids = CTensor::from_vec(to_u32(ids), (batch, seq), dev)?;
         let types = CTensor::from_vec(to_u32(types), (batch, seq), dev)?;
-        let mask_f: Vec<f32> = mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
-        let mask = CTensor::from_vec(mask_f, (batch, seq), dev)?;
-
-        // Embeddings: word + position + token type, then LayerNorm.
         let positions = CTensor::arange(0u32, seq as u32, dev)?;
-        let x = self
+        Ok(self
             .word
             .forward(&ids)?
             .broadcast_add(&self.position.forward(&positions)?)?
-            .add(&self.token_type.forward(&types)?)?;
-        let mut x = self.embedding_norm.forward(&x)?;
+            .add(&self.token_type.forward(&types)?)?)
+    }
 
-        // Padding positions get a large negative score before the softmax.
-        let bias = ((mask.clone() - 1.0)? * 1e4)?.reshape((batch, 1, 1, seq))?;
-        let heads = self.config.num_attention_heads;
-        let head_dim = self.config.hidden_size / heads;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let split = |t: CTensor| -> candle_core::Result<CTensor> {
+    fn embedding_norm(&self, x: &CTensor) -> Result<CTensor> {
+        Ok(self.embedding_norm.forward(x)?)
+    }
+
+    fn project(&self, layer: usize, which: Projection, x: &CTensor) -> Result<CTensor> {
+        let l = &self.layers[layer];
+        let linear = match which {
+            Projection::Query => &l.query,
+            Projection::Key => &l.key,
+            Projection::Value => &l.value,
+            Projection::AttentionOut => &l.attention_out,
+            Projection::Intermediate => &l.intermediate,
+            Projection::Output => &l.output,
+        };
+        Ok(linear.forward(x)?)
+    }
+
+    fn norm(&self, layer: usize, which: Norm, x: &CTensor) -> Result<CTensor> {
+        let l = &self.layers[layer];
+        let norm = match which {
+            Norm::Attention => &l.attention_norm,
+            Norm::Output => &l.output_norm,
+        };
+        Ok(norm.forward(x)?)
+    }
+
+    fn add(&self, a: &CTensor, b: &CTensor) -> Result<CTensor> {
+        Ok((a + b)?)
+    }
+
+    fn gelu(&self, x: &CTensor) -> Result<CTensor> {
+        Ok(x.gelu_erf()?)
+    }
+
+    fn attention(
+        &self,
+        q: &CTensor,
+        k: &CTensor,
+        v: &CTensor,
+        mask: &Self::Mask,
+        heads: usize,
+    ) -> Result<CTensor> {
+        let (batch, seq, hidden) = q.dims3()?;
+        let head_dim = hidden / heads;
+        let split = |t: &CTensor| -> candle_core::Result<CTensor> {
             t.reshape((batch, seq, heads, head_dim))?.transpose(1, 2)?.contiguous()
         };
-        for layer in &self.layers {
-            let q = split(layer.query.forward(&x)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context =
-                probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, self.config.hidden_size))?;
-            let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
-            let inner = layer.intermediate.forward(&attended)?.gelu_erf()?;
-            x = layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?;
-        }
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask.1)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, hidden))?)
+    }
 
-        let pooled = match self.pooling {
-            Pooling::Mean => {
-                let m = mask.unsqueeze(2)?;
-                let summed = x.broadcast_mul(&m)?.sum(1)?;
-                let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-            Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let out = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            pooled.broadcast_div(&norm)?
-        } else {
-            pooled
-        };
-        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    fn mean_pool(&self, x: &CTensor, mask: &Self::Mask) -> Result<CTensor> {
+        let m = mask.0.unsqueeze(2)?;
+        let summed = x.broadcast_mul(&m)?.sum(1)?;
+        let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+        Ok(summed.broadcast_div(&counts)?)
+    }
+
+    fn cls_pool(&self, x: &CTensor) -> Result<CTensor> {
+        Ok(x.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+
+    fn l2_normalize(&self, x: &CTensor) -> Result<CTensor> {
+        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(x.broadcast_div(&norm)?)
+    }
+
+    fn to_host(&self, x: &CTensor) -> Result<Vec<f32>> {
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 

@@ -27,6 +27,7 @@ mod batcher;
 pub mod bert;
 mod cache;
 mod component;
+pub mod encoder;
 mod tokenize;
 
 use std::path::Path;
