@@ -36,3 +36,18 @@ ensure_registry_tools() {
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
+
+# Prints the directory of libnvrtc from the PyPI package
+# nvidia-cuda-nvrtc-cu12, installing it into the cache if needed. NVRTC
+# compiles CUDA kernels without a GPU, so the tests check that the GPU
+# backend's kernels compile on every machine.
+nvrtc_from_pypi() {
+    local py="$CACHE_DIR/nvrtc"
+    local dir="$py/nvidia/cuda_nvrtc/lib"
+    if [ ! -f "$dir/libnvrtc.so.12" ]; then
+        echo "==> installing the nvidia-cuda-nvrtc-cu12 package (90 MB) into $py" >&2
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$py" \
+            "nvidia-cuda-nvrtc-cu12==12.9.86" >&2
+    fi
+    echo "$dir"
+}

@@ -223,6 +223,22 @@ async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
     assert!(err.contains("GPU"), "{err}");
     let res = http.post(format!("{base}/needs-gpu/encode")).json(&texts(&["a dog"])).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // A deployment overrides the bento's resources (none here): required
+    // again, and refused again, with the override kept in its configuration.
+    let body = json!({"bento": "embedder", "name": "override", "resources": {"gpu": 1, "gpu_required": true}});
+    let res = http
+        .post(format!("{base}/admin/v1/deployments"))
+        .bearer_auth(wasmbento_tests::ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let shown: Value = res.json().await.unwrap();
+    assert_eq!(shown["resources"]["gpu_required"], true, "{shown}");
+    let err = server.state.deployments.get("override").unwrap().wait_ready().await.unwrap_err().to_string();
+    assert!(err.contains("requires a GPU"), "{err}");
     server.shutdown().await.unwrap();
 }
 
@@ -241,4 +257,35 @@ async fn corrupt_weights_in_the_store_are_refused_not_served() {
     let err = server.wait_ready().await.unwrap_err().to_string();
     assert!(err.contains("model.safetensors is corrupt"), "{err}");
     server.shutdown().await.unwrap();
+}
+
+/// `wasmbento check-device`'s comparison, run CPU against CPU (a GPU run is
+/// `scripts/gpu-check.sh`): both agree with sentence-transformers, the
+/// throughput table has both batch sizes, and a reference that disagrees
+/// fails the check.
+#[test]
+fn the_device_check_compares_embeddings_and_measures_throughput() {
+    use wasmbento::device_check::{Reference, run};
+    let mut reference: Reference =
+        serde_json::from_str(include_str!("fixtures/minilm-reference.json")).expect("the fixture parses");
+    let cpu = wasmbento::devices::Device::Cpu;
+    let quick = std::time::Duration::from_millis(50);
+    let report = run(&minilm_dir(), cpu, Some(&reference), quick).unwrap();
+    assert!(report.passed, "{report:?}");
+    assert!(report.device_vs_cpu.min_cosine > 0.999_999, "{report:?}");
+    for agreement in [&report.cpu_vs_reference, &report.device_vs_reference] {
+        let a = agreement.as_ref().expect("compared with the reference");
+        assert!(a.min_cosine >= 0.9999 && a.max_abs_diff <= 1e-4, "{a:?}");
+    }
+    let batches: Vec<usize> = report.throughput.iter().map(|t| t.batch).collect();
+    assert_eq!(batches, [1, 32]);
+    assert!(report.throughput.iter().all(|t| t.cpu_items_per_s > 0.0 && t.device_items_per_s > 0.0));
+    assert!(wasmbento::device_check::render(&report).contains("PASS"));
+
+    for v in &mut reference.cases[2].embedding {
+        *v = -*v;
+    }
+    let report = run(&minilm_dir(), cpu, Some(&reference), quick).unwrap();
+    assert!(!report.passed);
+    assert!(report.device_vs_reference.unwrap().min_cosine < -0.99);
 }

@@ -27,6 +27,11 @@ fn resident_mib() -> f64 {
     kb / 1024.0
 }
 
+/// A sample's value in a Prometheus text exposition.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     let (_home, store) = temp_store();
@@ -50,7 +55,20 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     let before = embeddings(&body);
     let runner = server.state.deployments.get("embedder").unwrap().runner(MODEL).expect("the model's runner");
     assert_eq!((runner.replicas(), runner.status().loaded), (1, true));
+    assert_eq!(runner.status().device, "cpu");
     let loaded_mib = resident_mib();
+    let scrape = || {
+        let (http, url) = (http.clone(), format!("{base}/metrics"));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let weights = r#"wasmbento_device_weights_bytes{device="cpu"}"#;
+    let metrics = scrape().await;
+    let held = sample(&metrics, weights).expect("the weights gauge");
+    // 22.7 M FP32 parameters.
+    assert!((80e6..100e6).contains(&held), "{weights} = {held}");
+    let total = sample(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="total"}"#);
+    let free = sample(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="free"}"#);
+    assert!(matches!((total, free), (Some(t), Some(f)) if t >= f && f > 0.0), "{metrics}");
 
     // To zero after 0.3 s idle.
     let policy = json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.3});
@@ -62,6 +80,7 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
         .expect("the runner never unloaded its weights")
         .unwrap();
     assert!(!server.models.is_loaded(runner.tag()), "the cache still holds the weights");
+    assert_eq!(sample(&scrape().await, weights), Some(0.0), "the weights are still counted");
     let unloaded_mib = resident_mib();
     eprintln!("resident: {loaded_mib:.1} MiB with the weights, {unloaded_mib:.1} MiB without");
     // all-MiniLM-L6-v2 holds 22.7 M parameters: 87 MiB in FP32.

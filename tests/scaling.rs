@@ -29,6 +29,7 @@ async fn serve_one_slot_per_replica() -> (tempfile::TempDir, wasmbento::server::
         bento: "misbehave".parse().unwrap(),
         name: Some("m".into()),
         traffic: Some(traffic),
+        resources: None,
     }];
     let server = wasmbento::server::start(&store, options).await.unwrap();
     server.wait_ready().await.unwrap();
@@ -205,5 +206,44 @@ async fn a_request_refused_at_zero_still_wakes_the_service() {
     // The refusal was demand: the service wakes, and the retry is served.
     wait_replicas(&d, 1).await;
     assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+/// Short calls that start and finish between two autoscaler ticks are
+/// demand: a steady light stream keeps the service up, and only real idle
+/// takes it to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_short_calls_keeps_the_service_from_zero() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let mut options = serve_options(&["m=misbehave"]);
+    // Ticks far apart compared with a call: most ticks see nothing in flight.
+    options.autoscale_interval = Duration::from_millis(250);
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
+    put_scaling(&http, &base, &json!({"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 0.6}))
+        .await;
+
+    // A call of ~1 ms every 25 ms for 2.5 s: ten idle windows' worth.
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let res = http.post(format!("{base}/m/sleep")).json(&json!({"ms": 1, "tag": "s"})).send().await;
+        assert_eq!(res.unwrap().status(), StatusCode::OK);
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let to_zero = |d: &wasmbento::deployment::Deployment| {
+        d.events().into_iter().filter(|e| e.kind == "scale" && e.message.contains("1 → 0")).count()
+    };
+    assert_eq!(to_zero(&d), 0, "went to zero under {calls} calls: {:?}", d.events());
+    assert_eq!(d.replicas(), 1);
+
+    // Truly idle: to zero.
+    wait_replicas(&d, 0).await;
+    assert_eq!(to_zero(&d), 1);
     server.shutdown().await.unwrap();
 }

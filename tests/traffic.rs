@@ -18,7 +18,12 @@ fn spec(name: &str, timeout: f64, max_length: usize, strategy: Strategy) -> Depl
         queue: QueueConfig { max_length, strategy },
         ..Traffic::default()
     };
-    DeploymentSpec { bento: "misbehave".parse().unwrap(), name: Some(name.into()), traffic: Some(traffic) }
+    DeploymentSpec {
+        bento: "misbehave".parse().unwrap(),
+        name: Some(name.into()),
+        traffic: Some(traffic),
+        resources: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

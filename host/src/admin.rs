@@ -121,6 +121,7 @@ fn summary(d: &Deployment) -> Value {
         "traffic": config.traffic,
         "replicas": d.replicas(),
         "scaling": config.scaling,
+        "resources": config.resources,
         "runners": runners,
     })
 }
@@ -141,6 +142,9 @@ struct DeployRequest {
     /// Overrides the bento's traffic defaults.
     #[serde(default)]
     traffic: Option<Traffic>,
+    /// Overrides the bento's `[resources]`.
+    #[serde(default)]
+    resources: Option<crate::devices::Resources>,
 }
 
 async fn deploy(
@@ -170,7 +174,11 @@ async fn deploy(
     if let Some(traffic) = &request.traffic {
         traffic.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     }
-    let spec = DeploymentSpec { bento, name: request.name, traffic: request.traffic };
+    if let Some(resources) = &request.resources {
+        resources.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    }
+    let spec =
+        DeploymentSpec { bento, name: request.name, traffic: request.traffic, resources: request.resources };
     match app.deployments.deploy(&spec).await {
         Ok(d) => Ok((StatusCode::CREATED, Json(summary(&d)))),
         Err(e @ DeployError::Exists(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),

@@ -82,6 +82,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare a model on a device with the CPU: embeddings (cosine) and
+    /// throughput at batch 1 and 32. Fails when they disagree.
+    CheckDevice {
+        /// A model directory (Hugging Face layout).
+        model_dir: PathBuf,
+        /// cpu or cuda:N (default: the GPU with the most free memory).
+        #[arg(long)]
+        device: Option<crate::devices::Device>,
+        /// Reference embeddings: {"cases": [{"text", "embedding"}]}.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Seconds to measure each backend at each batch size.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How transfers report.
@@ -252,7 +270,52 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::List { json } => list_bentos(&store, json),
         Command::Serve(args) => serve(&store, args).await,
         Command::Info { json } => info(json),
+        Command::CheckDevice { model_dir, device, reference, seconds, json } => {
+            check_device(&model_dir, device, reference.as_deref(), seconds, json)
+        }
     }
+}
+
+fn check_device(
+    dir: &std::path::Path,
+    device: Option<crate::devices::Device>,
+    reference: Option<&std::path::Path>,
+    seconds: f64,
+    json: bool,
+) -> Result<()> {
+    use crate::devices::{Device, Placement, Resources};
+    let device = match device {
+        Some(device) => device,
+        None => {
+            let gpus = crate::devices::gpus().as_ref().map(Vec::as_slice).map_err(String::as_str);
+            let wants = Resources { gpu: 1, gpu_required: true, ..Resources::default() };
+            match crate::devices::place(&wants, gpus, 0).map_err(anyhow::Error::msg)? {
+                Placement::Gpu { ordinal } => Device::Cuda(ordinal),
+                Placement::Cpu { .. } => unreachable!("a required GPU never falls back"),
+            }
+        }
+    };
+    let reference = match reference {
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?)
+        }
+        None => None,
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        anyhow::bail!("--seconds must be a positive number");
+    }
+    let report =
+        crate::device_check::run(dir, device, reference.as_ref(), std::time::Duration::from_secs_f64(seconds))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::device_check::render(&report));
+    }
+    if !report.passed {
+        anyhow::bail!("{device} disagrees with the CPU");
+    }
+    Ok(())
 }
 
 fn info(json: bool) -> Result<()> {

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::compile_cache::Loaded;
+use crate::devices::{Device, Placement, Resources};
 use crate::instance::{CallFailure, CallOptions, Runtime, ServiceComponent};
 use crate::manifest::{ApiSpec, BentoManifest, RunnerConfig, RunnerTraffic, Traffic};
 use crate::nn::ModelSet;
@@ -31,6 +32,8 @@ pub struct DeploymentSpec {
     pub name: Option<String>,
     /// Overrides the bento's `traffic` defaults.
     pub traffic: Option<Traffic>,
+    /// Overrides the bento's `[resources]`.
+    pub resources: Option<Resources>,
 }
 
 impl std::str::FromStr for DeploymentSpec {
@@ -45,7 +48,7 @@ impl std::str::FromStr for DeploymentSpec {
             }
             None => (None, s),
         };
-        Ok(DeploymentSpec { bento: bento.parse()?, name, traffic: None })
+        Ok(DeploymentSpec { bento: bento.parse()?, name, traffic: None, resources: None })
     }
 }
 
@@ -85,6 +88,10 @@ pub struct DeploymentConfig {
     /// Each model's runner, by the name the guest uses.
     #[serde(default)]
     pub runners: BTreeMap<String, RunnerConfig>,
+    /// What each runner replica asks for; the bento's `[resources]` unless
+    /// the deployment overrides them.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// Something that happened to a deployment, for `GET .../events`.
@@ -137,6 +144,7 @@ impl Deployment {
             traffic: bento.traffic.clone(),
             scaling: bento.scaling.clone(),
             runners: BTreeMap::new(),
+            resources: bento.resources.clone(),
         });
         // Every model has a runner configuration, and only models do.
         config.runners.retain(|alias, _| bento.models.contains_key(alias));
@@ -150,6 +158,10 @@ impl Deployment {
             config.traffic = traffic.clone();
         }
         config.traffic.validate().map_err(anyhow::Error::msg)?;
+        if let Some(resources) = &spec.resources {
+            resources.validate().map_err(anyhow::Error::msg)?;
+            config.resources = resources.clone();
+        }
         let gate = Gate::new(config.traffic.max_concurrency, config.traffic.queue.clone());
         gate.set_max_pending(config.scaling.max_pending);
         let deployment = Deployment {
@@ -184,14 +196,17 @@ impl Deployment {
         let mut runners = BTreeMap::new();
         for (alias, model) in models {
             let tag = model.tag();
-            if let Err(why) = self.place_runner(&alias, &model) {
-                let message = format!("placing the runner of model {tag}: {why}");
-                self.readiness.send_replace(Readiness::Failed(message.clone()));
-                anyhow::bail!(message);
-            }
+            let device = match self.place_runner(&alias, &model) {
+                Ok(device) => device,
+                Err(why) => {
+                    let message = format!("placing the runner of model {tag}: {why}");
+                    self.readiness.send_replace(Readiness::Failed(message.clone()));
+                    anyhow::bail!(message);
+                }
+            };
             let config = configs.get(&alias).cloned().unwrap_or_default();
             let made = async {
-                let runner = Runner::new(&alias, model, Arc::clone(cache), &config.traffic)?;
+                let runner = Runner::new(&alias, model, Arc::clone(cache), device, &config.traffic)?;
                 runner.gate().set_max_pending(config.scaling.max_pending);
                 runner.set_replicas(1).await?;
                 anyhow::Ok(runner)
@@ -211,35 +226,39 @@ impl Deployment {
         Ok(())
     }
 
-    /// Decides where a runner runs from the bento's `[resources]` and records
-    /// it. Runners execute on the CPU in this build: a GPU placement is
-    /// recorded with that warning, and a required GPU refuses to start.
-    fn place_runner(&self, name: &str, model: &StoredModel) -> Result<(), String> {
-        let resources = &self.bento.resources;
+    /// Decides where a runner runs from the deployment's resources and
+    /// records it: a GPU only where the CUDA backend can run (driver,
+    /// cuBLAS and NVRTC present, kernels compiled), else the CPU with a
+    /// warning, or a refusal when the GPU is required.
+    fn place_runner(&self, name: &str, model: &StoredModel) -> Result<Device, String> {
+        let resources = self.config().resources;
         if resources.gpu == 0 {
-            return Ok(());
+            return Ok(Device::Cpu);
         }
         let weights: u64 = model.info.files.iter().map(|f| f.size).sum();
-        let gpus = crate::devices::gpus().clone().unwrap_or_default();
-        match crate::devices::place(resources, &gpus, weights)? {
-            crate::devices::Placement::Gpu { ordinal } if resources.gpu_required => Err(format!(
-                "GPU {ordinal} fits, but this build has no GPU runner backend yet and the GPU is required"
-            )),
-            crate::devices::Placement::Gpu { ordinal } => {
-                let message = format!(
-                    "runner {name}: placed on GPU {ordinal}, but this build has no GPU runner backend yet: running on the CPU"
-                );
-                tracing::warn!(deployment = %self.name, "{message}");
-                self.record("placement", message);
-                Ok(())
+        let usable: Result<&[crate::devices::GpuInfo], String> = match crate::devices::gpus() {
+            Err(why) => Err(why.clone()),
+            Ok(gpus) if gpus.is_empty() => Ok(gpus),
+            Ok(gpus) => crate::runner::cuda::ready()
+                .map(|()| gpus.as_slice())
+                .map_err(|why| format!("a GPU was found but {why}")),
+        };
+        let found = match &usable {
+            Ok(gpus) => Ok(*gpus),
+            Err(why) => Err(why.as_str()),
+        };
+        let placement = crate::devices::place(&resources, found, weights)?;
+        let message = match &placement {
+            Placement::Gpu { ordinal } => format!("runner {name}: on GPU {ordinal}"),
+            Placement::Cpu { warning } => {
+                format!("runner {name}: {}", warning.as_deref().unwrap_or("on the CPU"))
             }
-            crate::devices::Placement::Cpu { warning } => {
-                let message = format!("runner {name}: {}", warning.unwrap_or_else(|| "on the CPU".into()));
-                tracing::warn!(deployment = %self.name, "{message}");
-                self.record("placement", message);
-                Ok(())
-            }
+        };
+        if matches!(placement, Placement::Cpu { warning: Some(_) }) {
+            tracing::warn!(deployment = %self.name, "{message}");
         }
+        self.record("placement", message);
+        Ok(placement.device())
     }
 
     /// The runners, by the name the guest uses (empty until loaded).

@@ -64,6 +64,24 @@ pub fn gpus() -> &'static Result<Vec<GpuInfo>, String> {
     GPUS.get_or_init(discover_gpus)
 }
 
+/// The GPUs found at start with their memory as it is now; none where
+/// discovery found none.
+pub fn gpu_memory() -> Vec<GpuInfo> {
+    let Ok(found) = gpus() else { return Vec::new() };
+    found
+        .iter()
+        .map(|gpu| {
+            let mut now = gpu.clone();
+            // The primary context, which discovery opened already.
+            let read = cudarc::driver::CudaContext::new(gpu.ordinal).and_then(|ctx| ctx.mem_get_info());
+            if let Ok((free, total)) = read {
+                (now.memory_free_bytes, now.memory_total_bytes) = (free as u64, total as u64);
+            }
+            now
+        })
+        .collect()
+}
+
 /// The GPUs the CUDA driver reports, or why there are none.
 pub fn discover_gpus() -> Result<Vec<GpuInfo>, String> {
     use cudarc::driver::{CudaContext, result};
@@ -132,6 +150,38 @@ impl Resources {
     }
 }
 
+/// A device a runner's weights live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Device {
+    Cpu,
+    /// An NVIDIA GPU, by its CUDA ordinal.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu` or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device, String> {
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("{s:?} is not a device (cpu or cuda:N)"))
+    }
+}
+
 /// Where a runner replica runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Placement {
@@ -144,12 +194,29 @@ pub enum Placement {
     },
 }
 
+impl Placement {
+    pub fn device(&self) -> Device {
+        match self {
+            Placement::Cpu { .. } => Device::Cpu,
+            Placement::Gpu { ordinal } => Device::Cuda(*ordinal),
+        }
+    }
+}
+
 /// Chooses a device for a runner replica that needs `weights_bytes` of
-/// device memory.
-pub fn place(resources: &Resources, gpus: &[GpuInfo], weights_bytes: u64) -> Result<Placement, String> {
+/// device memory, among the GPUs found or given the reason none can be used.
+pub fn place(
+    resources: &Resources,
+    gpus: Result<&[GpuInfo], &str>,
+    weights_bytes: u64,
+) -> Result<Placement, String> {
     if resources.gpu == 0 {
         return Ok(Placement::Cpu { warning: None });
     }
+    let gpus = match gpus {
+        Ok(gpus) => gpus,
+        Err(why) => return fallback(resources, why.to_string()),
+    };
     let wanted = resources.gpu_type.as_deref().map(normalize);
     let candidates: Vec<&GpuInfo> = gpus
         .iter()
@@ -172,6 +239,11 @@ pub fn place(resources: &Resources, gpus: &[GpuInfo], weights_bytes: u64) -> Res
             gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
         ),
     };
+    fallback(resources, why)
+}
+
+/// The CPU with a warning, or a refusal when the GPU is required.
+fn fallback(resources: &Resources, why: String) -> Result<Placement, String> {
     if resources.gpu_required {
         Err(format!("the deployment requires a GPU: {why}"))
     } else {
@@ -206,30 +278,46 @@ mod tests {
     }
 
     #[test]
+    fn devices_read_as_they_print() {
+        for device in [Device::Cpu, Device::Cuda(0), Device::Cuda(3)] {
+            assert_eq!(device.to_string().parse::<Device>(), Ok(device));
+        }
+        assert!("gpu".parse::<Device>().unwrap_err().contains("cpu or cuda:N"));
+        assert!("cuda:x".parse::<Device>().is_err());
+    }
+
+    #[test]
     fn the_gpu_with_the_most_free_memory_wins() {
         let gpus = [gpu(0, "NVIDIA H200", 1000), gpu(1, "NVIDIA H200", 9000), gpu(2, "Tesla T4", 12000)];
         let wants = Resources { gpu: 1, ..Resources::default() };
-        assert_eq!(place(&wants, &gpus, 100 << 20), Ok(Placement::Gpu { ordinal: 2 }));
+        assert_eq!(place(&wants, Ok(&gpus), 100 << 20), Ok(Placement::Gpu { ordinal: 2 }));
         let h200 = Resources { gpu: 1, gpu_type: Some("nvidia-h200".into()), ..Resources::default() };
-        assert_eq!(place(&h200, &gpus, 100 << 20), Ok(Placement::Gpu { ordinal: 1 }));
+        assert_eq!(place(&h200, Ok(&gpus), 100 << 20), Ok(Placement::Gpu { ordinal: 1 }));
         let cpu = Resources::default();
-        assert_eq!(place(&cpu, &gpus, 0), Ok(Placement::Cpu { warning: None }));
+        assert_eq!(place(&cpu, Ok(&gpus), 0), Ok(Placement::Cpu { warning: None }));
     }
 
     #[test]
     fn without_a_fitting_gpu_it_falls_back_or_refuses() {
         let wants = Resources { gpu: 1, ..Resources::default() };
-        match place(&wants, &[], 1) {
+        match place(&wants, Ok(&[]), 1) {
             Ok(Placement::Cpu { warning: Some(w) }) => assert!(w.contains("no GPU"), "{w}"),
             other => panic!("expected a CPU fallback, got {other:?}"),
         }
         let small = [gpu(0, "Tesla T4", 50)];
         let required = Resources { gpu: 1, gpu_required: true, ..Resources::default() };
-        let err = place(&required, &small, 100 << 20).unwrap_err();
+        let err = place(&required, Ok(&small), 100 << 20).unwrap_err();
         assert!(err.contains("50 MiB free") && err.contains("100 MiB"), "{err}");
         let a100 =
             Resources { gpu: 1, gpu_type: Some("a100".into()), gpu_required: true, ..Resources::default() };
-        assert!(place(&a100, &small, 1).unwrap_err().contains("no GPU matches gpu_type \"a100\""));
+        assert!(place(&a100, Ok(&small), 1).unwrap_err().contains("no GPU matches gpu_type \"a100\""));
+        // No usable GPU at all: the reason travels into the warning or refusal.
+        match place(&wants, Err("no NVIDIA driver"), 1) {
+            Ok(Placement::Cpu { warning: Some(w) }) => assert!(w.ends_with("no NVIDIA driver"), "{w}"),
+            other => panic!("expected a CPU fallback, got {other:?}"),
+        }
+        let err = place(&required, Err("cuBLAS (libcublas.so) was not found"), 1).unwrap_err();
+        assert_eq!(err, "the deployment requires a GPU: cuBLAS (libcublas.so) was not found");
         assert!(Resources { gpu: 2, ..Resources::default() }.validate().is_err());
         assert!(Resources { gpu_required: true, ..Resources::default() }.validate().is_err());
     }

@@ -7,14 +7,17 @@
 //! * [`deployment`]: which bento, which configuration, readiness;
 //! * [`instance`]: wasmtime engine, compiled components, a fresh instance per call;
 //! * [`nn`]: the `wasi:nn` host and the other guest imports;
-//! * [`runner`]: native model execution shared by all instances (candle on CPU).
+//! * [`runner`]: native model execution shared by all instances (candle on
+//!   the CPU, cuBLAS and NVRTC kernels on NVIDIA GPUs).
 //!
 //! Scaling: [`traffic`] (admission gates and queues) and [`scale`] (policies,
 //! the autoscaler, one controller per component).
 //!
 //! Beside it: [`store`] (models and bentos on disk), [`builder`] (plugin →
-//! bento), [`hub`] (model import), [`devices`] (CPUs, memory, GPUs; placement), [`compile_cache`], [`metrics`],
-//! [`openapi`], [`server`] (wiring) and [`cli`].
+//! bento), [`hub`] (model import), [`devices`] (CPUs, memory, GPUs;
+//! placement), [`device_check`] (a device against the CPU),
+//! [`compile_cache`], [`metrics`], [`openapi`], [`server`] (wiring) and
+//! [`cli`].
 
 pub mod admin;
 pub mod bindings;
@@ -22,6 +25,7 @@ pub mod builder;
 pub mod cli;
 pub mod compile_cache;
 pub mod deployment;
+pub mod device_check;
 pub mod devices;
 pub mod fleet;
 pub mod http;

@@ -2,7 +2,10 @@
 //!
 //! Names follow BentoML's (`bentoml_service_request_*`) under the
 //! `wasmbento_` prefix: request count and duration by deployment, API and
-//! status, and requests in progress by deployment and API.
+//! status, and requests in progress by deployment and API. Per device
+//! (`cpu`, `cuda:N`): the bytes of model weights held there, and the
+//! device's memory, total and free (available, for the CPU), read at each
+//! scrape.
 
 use std::sync::Mutex;
 
@@ -25,6 +28,14 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceMemoryLabels {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// `total` or `free`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
     pub deployment: String,
     pub api: String,
@@ -40,6 +51,10 @@ pub struct Metrics {
     pub batch_size: crate::runner::BatchSizes,
     /// Replicas by deployment, component and kind (current, desired).
     pub replicas: crate::scale::controller::ReplicaGauges,
+    /// Bytes of model weights held on each device.
+    pub device_weights: crate::runner::DeviceWeights,
+    /// Memory of each device, total and free.
+    pub device_memory: Family<DeviceMemoryLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -57,13 +72,43 @@ impl Default for Metrics {
         registry.register("runner_batch_size", "Items per forward pass", batch_size.clone());
         let replicas = crate::scale::controller::ReplicaGauges::default();
         registry.register("replicas", "Replicas of each component, current and desired", replicas.clone());
-        Metrics { registry: Mutex::new(registry), requests, duration, in_progress, batch_size, replicas }
+        let device_weights = crate::runner::DeviceWeights::default();
+        registry.register("device_weights_bytes", "Bytes of model weights held on each device", device_weights.clone());
+        let device_memory = Family::<DeviceMemoryLabels, Gauge>::default();
+        registry.register("device_memory_bytes", "Memory of each device, total and free", device_memory.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            in_progress,
+            batch_size,
+            replicas,
+            device_weights,
+            device_memory,
+        }
     }
 }
 
 impl Metrics {
+    /// Reads each device's memory now.
+    fn refresh_devices(&self) {
+        let set = |device: String, kind, bytes: u64| {
+            self.device_memory.get_or_create(&DeviceMemoryLabels { device, kind }).set(bytes as i64);
+        };
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        set("cpu".into(), "total", system.total_memory());
+        set("cpu".into(), "free", system.available_memory());
+        for gpu in crate::devices::gpu_memory() {
+            let device = crate::devices::Device::Cuda(gpu.ordinal).to_string();
+            set(device.clone(), "total", gpu.memory_total_bytes);
+            set(device, "free", gpu.memory_free_bytes);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.refresh_devices();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap())
             .expect("writing to a String cannot fail");

@@ -57,7 +57,8 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
     let metrics = crate::metrics::Metrics::default();
     let batching =
         crate::runner::Batching { max_batch_size: options.max_batch_size, max_latency: options.max_latency };
-    let models = Arc::new(ModelCache::new(metrics.batch_size.clone(), batching));
+    let models =
+        Arc::new(ModelCache::new(metrics.batch_size.clone(), metrics.device_weights.clone(), batching));
 
     let fleet = crate::fleet::Fleet::new(
         store.clone(),

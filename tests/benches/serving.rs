@@ -246,10 +246,12 @@ async fn main() {
     let (component, _) = runtime.load(&embedder.component_path, &embedder.manifest.component.digest).unwrap();
     let cache = Arc::new(ModelCache::new(
         wasmbento::runner::batch_size_family(),
+        Default::default(),
         wasmbento::runner::Batching { max_batch_size: 1, max_latency: None },
     ));
+    let cpu = wasmbento::devices::Device::Cpu;
     let runner =
-        wasmbento::runner::Runner::new("all-minilm-l6-v2", model.clone(), cache, &Default::default())
+        wasmbento::runner::Runner::new("all-minilm-l6-v2", model.clone(), cache, cpu, &Default::default())
             .unwrap();
     runner.set_replicas(1).await.unwrap();
     let models =

@@ -1,11 +1,12 @@
-//! One copy of each model's weights per host, for as long as someone uses it.
+//! One copy of each model's weights per device, for as long as someone uses it.
 //!
-//! Runners ask the cache for a model's weights when they get their first
-//! replica and let go of them at zero. The cache keeps only a weak handle:
-//! the weights live while at least one runner (of any deployment) holds them,
-//! are shared by all of them, and are freed when the last lets go. Loading
-//! happens at most once at a time per model; concurrent first uses wait for
-//! that one load.
+//! Runners ask the cache for a model's weights on their device when they get
+//! their first replica and let go of them at zero. The cache keeps only a
+//! weak handle: the weights live while at least one runner (of any
+//! deployment) holds them, are shared by all of them, and are freed when the
+//! last lets go. Loading happens at most once at a time per model and
+//! device; concurrent first uses wait for that one load. What the weights
+//! take is counted per device in `wasmbento_device_weights_bytes`.
 //!
 //! Tokenizers are small and needed even while the weights are unloaded
 //! (a guest tokenizes before it computes), so they are kept once loaded.
@@ -15,27 +16,40 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use anyhow::Result;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
-use super::{Backend, BatchSizes, Batching, TextTokenizer};
+use super::{Backend, BatchSizes, Batching, NamedTensor, RunnerError, TextTokenizer};
+use crate::devices::Device;
 use crate::store::StoredModel;
 use crate::tag::Tag;
 
-/// The models loaded in this host, by exact tag.
+/// Bytes of model weights held on each device.
+pub type DeviceWeights = Family<DeviceLabels, Gauge>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DeviceLabels {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+/// The models loaded in this host, by exact tag and device.
 pub struct ModelCache {
-    weights: Mutex<HashMap<Tag, Weak<dyn Backend>>>,
-    /// One load at a time per model.
-    loading: Mutex<HashMap<Tag, Arc<tokio::sync::Mutex<()>>>>,
+    weights: Mutex<HashMap<(Tag, Device), Weak<dyn Backend>>>,
+    /// One load at a time per model and device.
+    loading: Mutex<HashMap<(Tag, Device), Arc<tokio::sync::Mutex<()>>>>,
     tokenizers: Mutex<HashMap<Tag, Option<Arc<TextTokenizer>>>>,
     /// Models whose files were checked against their digests in this process.
     verified: Mutex<std::collections::HashSet<String>>,
     batch_sizes: BatchSizes,
+    device_weights: DeviceWeights,
     batching: Batching,
 }
 
 impl ModelCache {
     /// A cache whose runners batch as `batching` says and report batch sizes
-    /// into `batch_sizes`.
-    pub fn new(batch_sizes: BatchSizes, mut batching: Batching) -> ModelCache {
+    /// into `batch_sizes`, counting weights per device in `device_weights`.
+    pub fn new(batch_sizes: BatchSizes, device_weights: DeviceWeights, mut batching: Batching) -> ModelCache {
         batching.max_batch_size = batching.max_batch_size.max(1);
         ModelCache {
             weights: Mutex::default(),
@@ -43,6 +57,7 @@ impl ModelCache {
             tokenizers: Mutex::default(),
             verified: Mutex::default(),
             batch_sizes,
+            device_weights,
             batching,
         }
     }
@@ -55,13 +70,14 @@ impl ModelCache {
         &self.batch_sizes
     }
 
-    /// The model's weights, loaded (off the executor) unless some runner
-    /// holds them already.
-    pub async fn weights(&self, model: &StoredModel) -> Result<Arc<dyn Backend>> {
+    /// The model's weights on `device`, loaded (off the executor) unless
+    /// some runner holds them there already.
+    pub async fn weights(&self, model: &StoredModel, device: Device) -> Result<Arc<dyn Backend>> {
         let tag = model.tag();
-        let lock = Arc::clone(self.loading.lock().unwrap().entry(tag.clone()).or_default());
+        let key = (tag.clone(), device);
+        let lock = Arc::clone(self.loading.lock().unwrap().entry(key.clone()).or_default());
         let _one_load = lock.lock().await;
-        if let Some(backend) = self.weights.lock().unwrap().get(&tag).and_then(Weak::upgrade) {
+        if let Some(backend) = self.weights.lock().unwrap().get(&key).and_then(Weak::upgrade) {
             return Ok(backend);
         }
         let started = Instant::now();
@@ -74,12 +90,13 @@ impl ModelCache {
             if check {
                 verify_files(&dir, &files).map_err(|e| anyhow::anyhow!("model {tag2}: {e:#}"))?;
             }
-            super::load_backend(&tag2, &dir)
+            super::load_backend(&tag2, &dir, device)
         })
         .await??;
         self.verified.lock().unwrap().insert(model.digest.clone());
-        tracing::info!(model = %tag, took_ms = started.elapsed().as_millis() as u64, backend = %backend.describe(), "weights loaded");
-        self.weights.lock().unwrap().insert(tag, Arc::downgrade(&backend));
+        tracing::info!(model = %tag, %device, took_ms = started.elapsed().as_millis() as u64, backend = %backend.describe(), "weights loaded");
+        let backend: Arc<dyn Backend> = Arc::new(Counted::new(backend, &self.device_weights));
+        self.weights.lock().unwrap().insert(key, Arc::downgrade(&backend));
         Ok(backend)
     }
 
@@ -98,14 +115,55 @@ impl ModelCache {
         Ok(tokenizer)
     }
 
-    /// How many models have their weights in memory now.
+    /// How many copies of weights are in memory now (one per model and device).
     pub fn loaded(&self) -> usize {
         self.weights.lock().unwrap().values().filter(|w| w.strong_count() > 0).count()
     }
 
-    /// Whether this model's weights are in memory now.
+    /// Whether this model's weights are in memory now, on any device.
     pub fn is_loaded(&self, tag: &Tag) -> bool {
-        self.weights.lock().unwrap().get(tag).is_some_and(|w| w.strong_count() > 0)
+        self.weights.lock().unwrap().iter().any(|((t, _), w)| t == tag && w.strong_count() > 0)
+    }
+}
+
+/// Weights as the cache hands them out: counted in their device's gauge
+/// for as long as any runner holds them.
+struct Counted {
+    backend: Arc<dyn Backend>,
+    gauge: Gauge,
+    bytes: i64,
+}
+
+impl Counted {
+    fn new(backend: Arc<dyn Backend>, gauges: &DeviceWeights) -> Counted {
+        let gauge = gauges.get_or_create(&DeviceLabels { device: backend.device().to_string() }).clone();
+        let bytes = backend.weight_bytes() as i64;
+        gauge.inc_by(bytes);
+        Counted { backend, gauge, bytes }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
+    }
+}
+
+impl Backend for Counted {
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+    fn compute(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RunnerError> {
+        self.backend.compute(inputs)
+    }
+    fn batchable(&self) -> bool {
+        self.backend.batchable()
+    }
+    fn device(&self) -> Device {
+        self.backend.device()
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.backend.weight_bytes()
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use super::batcher::{self, Job, Work};
 use super::{Backend, Batching, ModelCache, NamedTensor, RunnerError, TextTokenizer};
 use crate::manifest::RunnerTraffic;
+use crate::devices::Device;
 use crate::nn::CustomGauges;
 use crate::store::StoredModel;
 use crate::tag::Tag;
@@ -33,8 +34,8 @@ use crate::traffic::{Gate, Rejection};
 
 /// Where a runner's weights come from.
 enum Source {
-    /// A stored model, through the host's cache (unloaded at zero).
-    Stored { model: StoredModel, cache: Arc<ModelCache> },
+    /// A stored model on a device, through the host's cache (unloaded at zero).
+    Stored { model: StoredModel, cache: Arc<ModelCache>, device: Device },
     /// A backend made by the caller (benchmarks, tests); always in memory.
     Fixed(Arc<dyn Backend>),
 }
@@ -93,6 +94,8 @@ pub struct Runner {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunnerStatus {
     pub model: String,
+    /// Where the replicas run: `cpu` or `cuda:N`.
+    pub device: String,
     pub replicas: u32,
     /// Whether this runner holds the model's weights in memory.
     pub loaded: bool,
@@ -103,17 +106,20 @@ pub struct RunnerStatus {
 
 impl Runner {
     /// The runner named `name` (the name the guest loads) of a stored model,
-    /// at zero replicas: nothing but the tokenizer is loaded yet.
+    /// whose replicas run on `device`, at zero replicas: nothing but the
+    /// tokenizer is loaded yet.
     pub fn new(
         name: &str,
         model: StoredModel,
         cache: Arc<ModelCache>,
+        device: Device,
         traffic: &RunnerTraffic,
     ) -> Result<Arc<Runner>> {
         let tokenizer = cache.tokenizer(&model)?;
         let (batching, sizes) = (cache.batching().clone(), cache.batch_sizes().clone());
         let tag = model.tag();
-        Ok(Runner::build(name, tag, Source::Stored { model, cache }, tokenizer, batching, &sizes, traffic))
+        let source = Source::Stored { model, cache, device };
+        Ok(Runner::build(name, tag, source, tokenizer, batching, &sizes, traffic))
     }
 
     /// A runner around a backend made by the caller, with one replica.
@@ -195,6 +201,14 @@ impl Runner {
         *self.replicas.borrow()
     }
 
+    /// Where the replicas run.
+    pub fn device(&self) -> Device {
+        match &self.source {
+            Source::Stored { device, .. } => *device,
+            Source::Fixed(backend) => backend.device(),
+        }
+    }
+
     /// Watches whether the runner holds the weights (false once the last
     /// worker has gone after a scale to zero).
     pub fn watch_loaded(&self) -> watch::Receiver<bool> {
@@ -204,6 +218,7 @@ impl Runner {
     pub fn status(&self) -> RunnerStatus {
         RunnerStatus {
             model: self.tag.to_string(),
+            device: self.device().to_string(),
             replicas: self.replicas(),
             loaded: *self.workers.loaded.borrow(),
             running: self.gate.running(),
@@ -229,7 +244,7 @@ impl Runner {
         let backend = match (held, &self.source) {
             (Some(backend), _) => backend,
             (None, Source::Fixed(backend)) => Arc::clone(backend),
-            (None, Source::Stored { model, cache }) => cache.weights(model).await?,
+            (None, Source::Stored { model, cache, device }) => cache.weights(model, *device).await?,
         };
         self.apply(replicas, backend)
     }

@@ -5,13 +5,13 @@
 //! the padding mask, residual adds, layer norms and the GELU feed-forward,
 //! then pooling and normalisation. A device implements [`EncoderOps`], the
 //! primitives and its own copy of the weights: the CPU with candle
-//! ([`super::bert`]); a GPU backend implements the same trait (GEMMs and
-//! kernels), so the order of operations is tested on every machine and only
-//! the primitives differ.
+//! ([`super::cpu`]), NVIDIA GPUs with cuBLAS GEMMs and NVRTC-compiled kernels
+//! ([`super::cuda`]). The order of operations is tested on every machine;
+//! only the primitives differ.
 
 use anyhow::Result;
 
-use super::bert::Pooling;
+use super::bert::{Batch, Pooling};
 
 /// The projections of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,25 +73,18 @@ pub trait EncoderOps {
     /// Mean over the tokens the mask keeps.
     fn mean_pool(&self, x: &Self::T, mask: &Self::Mask) -> Result<Self::T>;
     /// The first token's state.
-    fn cls_pool(&self, x: &Self::T) -> Result<Self::T>;
+    fn cls_pool(&self, x: &Self::T, mask: &Self::Mask) -> Result<Self::T>;
     fn l2_normalize(&self, x: &Self::T) -> Result<Self::T>;
     /// The values, row-major, in host memory.
     fn to_host(&self, x: &Self::T) -> Result<Vec<f32>>;
 }
 
 /// Sentence embeddings, `[batch, hidden]` row-major, for a padded batch.
-pub fn encode<O: EncoderOps>(
-    ops: &O,
-    shape: &EncoderShape,
-    batch: usize,
-    seq: usize,
-    ids: &[i64],
-    mask: &[i64],
-    types: &[i64],
-) -> Result<Vec<f32>> {
+pub fn encode<O: EncoderOps>(ops: &O, shape: &EncoderShape, input: &Batch) -> Result<Vec<f32>> {
     use Projection::*;
-    let mask = ops.mask(batch, seq, mask)?;
-    let mut x = ops.embedding_norm(&ops.embed(batch, seq, ids, types)?)?;
+    let (batch, seq) = (input.batch, input.seq);
+    let mask = ops.mask(batch, seq, &input.mask)?;
+    let mut x = ops.embedding_norm(&ops.embed(batch, seq, &input.ids, &input.types)?)?;
     for l in 0..shape.layers {
         let (q, k, v) = (ops.project(l, Query, &x)?, ops.project(l, Key, &x)?, ops.project(l, Value, &x)?);
         let context = ops.attention(&q, &k, &v, &mask, shape.heads)?;
@@ -102,7 +95,7 @@ pub fn encode<O: EncoderOps>(
     }
     let pooled = match shape.pooling {
         Pooling::Mean => ops.mean_pool(&x, &mask)?,
-        Pooling::Cls => ops.cls_pool(&x)?,
+        Pooling::Cls => ops.cls_pool(&x, &mask)?,
     };
     let out = if shape.normalize { ops.l2_normalize(&pooled)? } else { pooled };
     ops.to_host(&out)
@@ -154,7 +147,7 @@ mod tests {
         fn mean_pool(&self, _: &(), _: &()) -> Result<()> {
             self.op("mean_pool".into())
         }
-        fn cls_pool(&self, _: &()) -> Result<()> {
+        fn cls_pool(&self, _: &(), _: &()) -> Result<()> {
             self.op("cls_pool".into())
         }
         fn l2_normalize(&self, _: &()) -> Result<()> {
@@ -166,11 +159,15 @@ mod tests {
         }
     }
 
+    fn one_token() -> Batch {
+        Batch { batch: 1, seq: 1, ids: vec![1], mask: vec![1], types: vec![0] }
+    }
+
     #[test]
     fn the_encoder_is_one_sequence_of_primitives() {
         let trace = Trace::default();
         let shape = EncoderShape { layers: 2, heads: 12, pooling: Pooling::Mean, normalize: true };
-        encode(&trace, &shape, 1, 1, &[1], &[1], &[0]).unwrap();
+        encode(&trace, &shape, &one_token()).unwrap();
         let layer = |l: usize| {
             [
                 format!("{l}:Query"),
@@ -195,7 +192,7 @@ mod tests {
 
         let trace = Trace::default();
         let cls = EncoderShape { layers: 0, heads: 1, pooling: Pooling::Cls, normalize: false };
-        encode(&trace, &cls, 1, 1, &[1], &[1], &[0]).unwrap();
+        encode(&trace, &cls, &one_token()).unwrap();
         assert_eq!(*trace.0.borrow(), ["mask", "embed", "embedding_norm", "cls_pool", "to_host"]);
     }
 }

@@ -19,14 +19,19 @@
 //!
 //! # Backends
 //!
-//! A [`Backend`] runs one model on one kind of hardware. Today: BERT-family
-//! encoders on the CPU with candle ([`bert`]). ONNX or GPU backends implement
-//! the same trait.
+//! A [`Backend`] runs one model on one device. Today: BERT-family encoders
+//! ([`bert`]), whose order of operations ([`encoder`]) runs on the CPU with
+//! candle ([`cpu`]) or on an NVIDIA GPU with cuBLAS and NVRTC kernels
+//! ([`cuda`]). Where a runner's weights go is decided from the deployment's
+//! resources ([`crate::devices::place`]); the [`ModelCache`] keeps one copy
+//! per device.
 
 mod batcher;
 pub mod bert;
 mod cache;
 mod component;
+pub mod cpu;
+pub mod cuda;
 pub mod encoder;
 mod tokenize;
 
@@ -37,10 +42,11 @@ use anyhow::{Result, bail};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
-pub use cache::ModelCache;
+pub use cache::{DeviceLabels, DeviceWeights, ModelCache};
 pub use component::{Runner, RunnerStatus};
 pub use tokenize::TextTokenizer;
 
+use crate::devices::Device;
 use crate::tag::Tag;
 
 /// Element types of host tensors (the subset of `wasi:nn` types we run).
@@ -175,6 +181,16 @@ pub trait Backend: Send + Sync + 'static {
     fn batchable(&self) -> bool {
         false
     }
+
+    /// Where the weights live.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// Memory the weights take on [`Backend::device`], for `/metrics`.
+    fn weight_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Items in one forward pass at most (BentoML's `max_batch_size` counts the
@@ -215,12 +231,16 @@ impl Default for Batching {
     }
 }
 
-/// Loads the model in `dir` with the backend that fits it.
-pub fn load_backend(tag: &Tag, dir: &Path) -> Result<Arc<dyn Backend>> {
+/// Loads the model in `dir` onto `device` with the backend that fits it.
+pub fn load_backend(tag: &Tag, dir: &Path, device: Device) -> Result<Arc<dyn Backend>> {
     if !bert::is_bert_dir(dir) {
         bail!(
             "model {tag}: no backend for this model (only BERT-family encoders with config.json are supported)"
         );
     }
-    Ok(Arc::new(bert::BertEncoder::load(dir)?))
+    let model = bert::BertModel::read(dir)?;
+    Ok(match device {
+        Device::Cpu => Arc::new(cpu::CpuEncoder::load(model)?),
+        Device::Cuda(ordinal) => Arc::new(cuda::CudaEncoder::load(model, ordinal)?),
+    })
 }

@@ -195,7 +195,10 @@ pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges
         }
         let now = Instant::now();
         let admitted = gate.admitted();
-        let qps = (admitted - last_admitted) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
+        // Requests that came and went between two ticks are demand too: a
+        // steady stream of short calls must not look idle.
+        let admitted_since = admitted - last_admitted;
+        let qps = admitted_since as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
         (last_at, last_admitted) = (now, admitted);
         let (running, waiting) = (gate.running() as f64, gate.waiting() as f64);
         let refused = gate.take_refused_at_zero();
@@ -215,7 +218,7 @@ pub async fn run(component: Component, interval: Duration, gauges: ReplicaGauges
             now: now.duration_since(origin).as_secs_f64(),
             current: component.replicas(),
             totals,
-            demand: (running + waiting) as u64 + refused,
+            demand: (running + waiting) as u64 + refused + admitted_since,
         };
         let decision = autoscaler.decide(&observation);
         desired_gauge.set(decision.desired as i64);
