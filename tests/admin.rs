@@ -316,5 +316,19 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
         "the old configuration came back"
     );
     assert_eq!(greet("hello").await, StatusCode::OK);
+    assert_eq!(admin.put("/deployments/m/traffic", json!({"timeout": 7.0})).await.0, StatusCode::OK);
+    let (s, _) = admin.send(Method::DELETE, "/deployments/hello", None).await;
+    assert_eq!(s, StatusCode::OK);
+    server.shutdown().await.unwrap();
+
+    // A restart serving nothing on its command line brings back what the
+    // admin API deployed (with its configuration), not what it undeployed.
+    let server = wasmbento::server::start(&store, serve_options(&[])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
+    let names: Vec<Value> = admin.get("/deployments").await.1.as_array().unwrap().iter().map(|d| d["name"].clone()).collect();
+    assert_eq!(names, [json!("m")]);
+    assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], 7.0);
+    assert_eq!(admin.sleep(1).await, StatusCode::OK);
     server.shutdown().await.unwrap();
 }

@@ -12,8 +12,8 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wasmbento_tests::{
-    build_plugin, cosine, embeddings, error_message, get_status, import_tiny_bert, max_abs_diff, minilm_dir,
-    reference, serve_options, temp_store, texts, tiny_bert,
+    build_plugin, cosine, embeddings, error_message, get_status, import_tiny_bert, max_abs_diff, metric,
+    minilm_dir, reference, serve_options, temp_store, texts, tiny_bert,
 };
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -193,6 +193,36 @@ async fn minilm_matches_sentence_transformers() {
         let (cos, diff) = (cosine(vector, &want), max_abs_diff(vector, &want));
         assert!(cos >= 0.9999 && diff <= 1e-4, "{:?}: cosine {cos}, max abs diff {diff}", case["text"]);
     }
+
+    // One call of 64 texts and one call per sentence, all at once: the
+    // single calls wait behind the big one and merge into batches, and each
+    // gets the vector it got before.
+    let batches = |metrics: &str| {
+        let count = format!(r#"wasmbento_runner_batch_size_count{{model="{MODEL}:"#);
+        metric(metrics, &count).expect("the batch size histogram")
+    };
+    let scrape = || {
+        let (http, url) = (http.clone(), format!("{base}/metrics"));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let before = batches(&scrape().await);
+    let call = |body: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move { encode(&http, &base, body).await })
+    };
+    let big = call(texts(&[sentences[6]; 64]));
+    let singles: Vec<_> = sentences.iter().map(|s| call(texts(&[s]))).collect();
+    let (status, body) = big.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (single, want) in singles.into_iter().zip(&got) {
+        let (status, body) = single.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(max_abs_diff(&embeddings(&body)[0], want) < 1e-5);
+    }
+    // 64 texts are 2 forward passes at max_batch_size 32; unmerged, the
+    // singles would add one pass each.
+    let passes = batches(&scrape().await) - before;
+    assert!(passes < 2.0 + sentences.len() as f64 - 1.0, "{passes} forward passes: nothing merged");
     server.shutdown().await.unwrap();
 }
 

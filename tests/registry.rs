@@ -43,8 +43,8 @@ async fn answers(store: &Store) -> Vec<Vec<f32>> {
 
 /// Names of the files in the store's staging directory, lock files aside.
 fn staged(store: &Store) -> Vec<String> {
-    std::fs::read_dir(store.root().join("tmp"))
-        .unwrap()
+    let Ok(entries) = std::fs::read_dir(store.root().join("tmp")) else { return Vec::new() };
+    entries
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".lock"))
         .collect()
@@ -316,4 +316,43 @@ async fn the_bearer_token_flow_trades_credentials_for_a_token() {
     let pulled = client(&fresh, &target).pull(&fresh, &target).await.unwrap();
     assert_eq!(pulled.tag, "embedder:0.1.0");
     assert_eq!(answers(&fresh).await, answers(&store).await);
+}
+
+/// A 9 MiB file goes up in chunks of at most 4 MiB; a download that breaks
+/// off halfway leaves the store as it was (nothing tagged, nothing staged),
+/// and the next pull completes with the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blobs_go_up_in_chunks_and_a_broken_pull_leaves_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use wasmbento::oci::credentials::{Credentials, save};
+    let registry = TestRegistry::start_behind_proxy();
+    let front = wasmbento_tests::registry::TokenProxy::start(&registry.addr, "bob", "hunter2").await;
+    let bob = Credentials { username: "bob".into(), password: "hunter2".into() };
+
+    let (_a, store) = temp_store();
+    let dir = tempfile::tempdir().unwrap();
+    wasmbento_tests::tiny_bert::write(dir.path(), 4);
+    let big: Vec<u8> = (0..9u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(dir.path().join("extra.bin"), &big).unwrap();
+    let tag = "big-model:1".parse().unwrap();
+    store.import_model_dir(dir.path(), &tag, "test").unwrap();
+    save(store.root(), &front.addr, &bob).unwrap();
+    let target = parse_reference(&format!("{}/team/models/big-model:1", front.addr)).unwrap();
+    client(&store, &target).push_model(&store, &tag, &target).await.unwrap();
+    let largest = front.seen.largest_request.load(SeqCst);
+    assert!(largest <= 4 << 20, "a request of {largest} bytes");
+    assert!(front.seen.patches.load(SeqCst) >= 3, "9 MiB in fewer than 3 chunks");
+
+    let (_b, fresh) = temp_store();
+    save(fresh.root(), &front.addr, &bob).unwrap();
+    front.seen.break_downloads.store(true, SeqCst);
+    let err = client(&fresh, &target).pull(&fresh, &target).await.unwrap_err();
+    eprintln!("broken pull: {err:#}");
+    assert!(fresh.models().unwrap().is_empty(), "a model was tagged after a broken pull");
+    assert!(staged(&fresh).is_empty(), "left in staging: {:?}", staged(&fresh));
+
+    front.seen.break_downloads.store(false, SeqCst);
+    client(&fresh, &target).pull(&fresh, &target).await.unwrap();
+    let pulled = fresh.model(&tag).unwrap();
+    assert_eq!(std::fs::read(pulled.dir.join("extra.bin")).unwrap(), big);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wasmbento_tests::{
-    ADMIN_TOKEN, build_plugin, embeddings, error_message, max_abs_diff, minilm_dir, serve_options,
+    ADMIN_TOKEN, build_plugin, embeddings, error_message, max_abs_diff, metric, minilm_dir, serve_options,
     temp_store, texts,
 };
 
@@ -25,11 +25,6 @@ fn resident_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status");
     kb / 1024.0
-}
-
-/// A sample's value in a Prometheus text exposition.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,11 +58,11 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     };
     let weights = r#"wasmbento_device_weights_bytes{device="cpu"}"#;
     let metrics = scrape().await;
-    let held = sample(&metrics, weights).expect("the weights gauge");
+    let held = metric(&metrics, weights).expect("the weights gauge");
     // 22.7 M FP32 parameters.
     assert!((80e6..100e6).contains(&held), "{weights} = {held}");
-    let total = sample(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="total"}"#);
-    let free = sample(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="free"}"#);
+    let total = metric(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="total"}"#);
+    let free = metric(&metrics, r#"wasmbento_device_memory_bytes{device="cpu",kind="free"}"#);
     assert!(matches!((total, free), (Some(t), Some(f)) if t >= f && f > 0.0), "{metrics}");
 
     // To zero after 0.3 s idle.
@@ -80,7 +75,7 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
         .expect("the runner never unloaded its weights")
         .unwrap();
     assert!(!server.models.is_loaded(runner.tag()), "the cache still holds the weights");
-    assert_eq!(sample(&scrape().await, weights), Some(0.0), "the weights are still counted");
+    assert_eq!(metric(&scrape().await, weights), Some(0.0), "the weights are still counted");
     let unloaded_mib = resident_mib();
     eprintln!("resident: {loaded_mib:.1} MiB with the weights, {unloaded_mib:.1} MiB without");
     // all-MiniLM-L6-v2 holds 22.7 M parameters: 87 MiB in FP32.

@@ -180,7 +180,10 @@ async fn deploy(
     let spec =
         DeploymentSpec { bento, name: request.name, traffic: request.traffic, resources: request.resources };
     match app.deployments.deploy(&spec).await {
-        Ok(d) => Ok((StatusCode::CREATED, Json(summary(&d)))),
+        Ok(d) => {
+            d.keep_across_restarts().map_err(internal)?;
+            Ok((StatusCode::CREATED, Json(summary(&d))))
+        }
         Err(e @ DeployError::Exists(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
         Err(e @ DeployError::Reserved) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())),
         // Most often the bento or one of its models is not in the store.

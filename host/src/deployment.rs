@@ -92,6 +92,11 @@ pub struct DeploymentConfig {
     /// the deployment overrides them.
     #[serde(default)]
     pub resources: Resources,
+    /// Created through the admin API: deployed again when the host
+    /// restarts, until undeployed (deployments named on the command line
+    /// are the command line's to repeat).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore: bool,
 }
 
 /// Something that happened to a deployment, for `GET .../events`.
@@ -145,6 +150,7 @@ impl Deployment {
             scaling: bento.scaling.clone(),
             runners: BTreeMap::new(),
             resources: bento.resources.clone(),
+            restore: false,
         });
         // Every model has a runner configuration, and only models do.
         config.runners.retain(|alias, _| bento.models.contains_key(alias));
@@ -371,6 +377,16 @@ impl Deployment {
     /// The current configuration.
     pub fn config(&self) -> DeploymentConfig {
         self.config.read().unwrap().clone()
+    }
+
+    /// Keeps this deployment across restarts (see [`DeploymentConfig::restore`]).
+    pub fn keep_across_restarts(&self) -> Result<()> {
+        let config = {
+            let mut config = self.config.write().unwrap();
+            config.restore = true;
+            config.clone()
+        };
+        self.store.save_deployment_config(&self.name, &config)
     }
 
     /// Replaces the traffic settings at once (running calls keep theirs) and

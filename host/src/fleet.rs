@@ -177,3 +177,28 @@ pub async fn deploy_all(fleet: &Fleet, specs: &[DeploymentSpec]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Deploys again what the admin API deployed before the host stopped (and
+/// was not undeployed), unless the command line serves the name already. A
+/// deployment that can no longer be prepared (its bento deleted) is logged
+/// and skipped: the rest of the host still starts.
+pub async fn restore(fleet: &Fleet) -> Result<()> {
+    for (name, config) in fleet.store().deployment_configs()? {
+        if !config.restore || fleet.get(&name).is_some() {
+            continue;
+        }
+        let bento = match config.bento.parse() {
+            Ok(bento) => bento,
+            Err(e) => {
+                tracing::error!(deployment = %name, "not restored: bento {:?}: {e}", config.bento);
+                continue;
+            }
+        };
+        let spec = DeploymentSpec { bento, name: Some(name.clone()), traffic: None, resources: None };
+        match fleet.deploy(&spec).await {
+            Ok(_) => tracing::info!(deployment = %name, bento = %config.bento, "restored"),
+            Err(e) => tracing::error!(deployment = %name, error = %format!("{e:#}"), "not restored"),
+        }
+    }
+    Ok(())
+}

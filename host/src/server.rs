@@ -49,9 +49,6 @@ pub struct RunningServer {
 /// Prepares every deployment, binds the address and starts serving. Model
 /// loading continues in the background; `/readyz` says when it is done.
 pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer> {
-    if options.deployments.is_empty() {
-        tracing::warn!("no bento named: serving none until one is deployed through the admin API");
-    }
     let runtime = Runtime::new(&options.runtime, &store.compiled_cache_dir())?;
     tracing::info!(pooling = runtime.pooling(), "engine ready");
     let metrics = crate::metrics::Metrics::default();
@@ -68,6 +65,10 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         options.autoscale_interval,
     );
     crate::fleet::deploy_all(&fleet, &options.deployments).await?;
+    crate::fleet::restore(&fleet).await?;
+    if fleet.names().is_empty() {
+        tracing::warn!("no bento named: serving none until one is deployed through the admin API");
+    }
 
     let admin_token = match options.admin_token {
         Some(token) if !token.is_empty() => token,

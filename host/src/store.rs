@@ -320,6 +320,29 @@ impl Store {
         }
     }
 
+    /// Every stored deployment configuration, by deployment name.
+    pub fn deployment_configs(&self) -> Result<Vec<(String, crate::deployment::DeploymentConfig)>> {
+        let dir = self.root.join("deployments");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut configs = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue; // temporary files of a write in progress, or killed
+            };
+            if let Some(config) = self.deployment_config(name)? {
+                configs.push((name.to_string(), config));
+            }
+        }
+        configs.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(configs)
+    }
+
     /// Deletes a deployment's stored configuration (none is fine).
     pub fn delete_deployment_config(&self, name: &str) -> Result<()> {
         let path = self.root.join("deployments").join(format!("{name}.json"));

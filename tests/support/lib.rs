@@ -125,3 +125,21 @@ pub fn minilm_dir() -> PathBuf {
         ),
     }
 }
+
+/// The value of the first sample whose series starts with `series` in a
+/// Prometheus text exposition (a whole series, or a prefix of one).
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().filter(|l| l.starts_with(series)).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The `wasmbento` binary: `WASMBENTO_BIN`, or `debug/wasmbento` in the
+/// cargo target directory (`scripts/test.sh` builds it before the tests).
+pub fn wasmbento_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WASMBENTO_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("debug").join("wasmbento");
+    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p wasmbento`", bin.display());
+    bin
+}

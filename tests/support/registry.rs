@@ -113,7 +113,21 @@ pub struct TokenProxy {
     pub addr: String,
     /// Tokens handed out.
     pub tokens_issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// What went through, for tests of the client's behaviour.
+    pub seen: std::sync::Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`TokenProxy`] saw, and how it misbehaves on request.
+#[derive(Default)]
+pub struct Seen {
+    /// The largest request body forwarded, in bytes.
+    pub largest_request: std::sync::atomic::AtomicUsize,
+    /// `PATCH` requests forwarded (upload chunks).
+    pub patches: std::sync::atomic::AtomicUsize,
+    /// While set, blob downloads larger than 64 KiB break off halfway, as a
+    /// dropped connection does.
+    pub break_downloads: std::sync::atomic::AtomicBool,
 }
 
 impl TokenProxy {
@@ -131,6 +145,7 @@ impl TokenProxy {
             basic: String,
             token: String,
             issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+            seen: std::sync::Arc<Seen>,
             http: reqwest::Client,
         }
 
@@ -156,6 +171,12 @@ impl TokenProxy {
             let (parts, body) = request.into_parts();
             let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            use std::sync::atomic::Ordering::SeqCst;
+            f.seen.largest_request.fetch_max(body.len(), SeqCst);
+            if parts.method == axum::http::Method::PATCH {
+                f.seen.patches.fetch_add(1, SeqCst);
+            }
+            let breaking = f.seen.break_downloads.load(SeqCst) && path.contains("/blobs/sha256:");
             let mut req = f.http.request(parts.method.clone(), format!("http://{}{path}", f.upstream));
             for (name, value) in &parts.headers {
                 if name != header::HOST && name != header::AUTHORIZATION {
@@ -167,7 +188,15 @@ impl TokenProxy {
             for (name, value) in res.headers() {
                 out = out.header(name, value);
             }
-            out.body(axum::body::Body::from(res.bytes().await.unwrap())).unwrap()
+            let bytes = res.bytes().await.unwrap();
+            if breaking && bytes.len() > 64 << 10 {
+                // Half the body, then the connection breaks.
+                let half = bytes.slice(..bytes.len() / 2);
+                let chunks: Vec<Result<Bytes, std::io::Error>> =
+                    vec![Ok(half), Err(std::io::Error::other("connection dropped"))];
+                return out.body(axum::body::Body::from_stream(futures_util::stream::iter(chunks))).unwrap();
+            }
+            out.body(axum::body::Body::from(bytes)).unwrap()
         }
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,12 +206,14 @@ impl TokenProxy {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(Seen::default());
         let front = Front {
             upstream: upstream.to_string(),
             me: addr.clone(),
             basic,
             token: format!("token-{}", std::process::id()),
             issued: issued.clone(),
+            seen: seen.clone(),
             http: reqwest::Client::new(),
         };
         let app = axum::Router::new()
@@ -192,7 +223,7 @@ impl TokenProxy {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        TokenProxy { addr, tokens_issued: issued, task }
+        TokenProxy { addr, tokens_issued: issued, seen, task }
     }
 }
 
