@@ -210,8 +210,11 @@ async fn minilm_matches_sentence_transformers() {
         let (http, base) = (http.clone(), base.clone());
         tokio::spawn(async move { encode(&http, &base, body).await })
     };
-    let big = call(texts(&[sentences[6]; 64]));
-    let singles: Vec<_> = sentences.iter().map(|s| call(texts(&[s]))).collect();
+    // The short sentences only: the fixture's 400-word text would make
+    // every batch it joins a 256-token one.
+    let short = &sentences[..6];
+    let big = call(texts(&[sentences[3]; 64]));
+    let singles: Vec<_> = short.iter().map(|s| call(texts(&[s]))).collect();
     let (status, body) = big.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     for (single, want) in singles.into_iter().zip(&got) {
@@ -222,7 +225,7 @@ async fn minilm_matches_sentence_transformers() {
     // 64 texts are 2 forward passes at max_batch_size 32; unmerged, the
     // singles would add one pass each.
     let passes = batches(&scrape().await) - before;
-    assert!(passes < 2.0 + sentences.len() as f64 - 1.0, "{passes} forward passes: nothing merged");
+    assert!(passes < 2.0 + short.len() as f64 - 1.0, "{passes} forward passes: nothing merged");
     server.shutdown().await.unwrap();
 }
 
@@ -287,35 +290,4 @@ async fn corrupt_weights_in_the_store_are_refused_not_served() {
     let err = server.wait_ready().await.unwrap_err().to_string();
     assert!(err.contains("model.safetensors is corrupt"), "{err}");
     server.shutdown().await.unwrap();
-}
-
-/// `wasmbento check-device`'s comparison, run CPU against CPU (a GPU run is
-/// `scripts/gpu-check.sh`): both agree with sentence-transformers, the
-/// throughput table has both batch sizes, and a reference that disagrees
-/// fails the check.
-#[test]
-fn the_device_check_compares_embeddings_and_measures_throughput() {
-    use wasmbento::device_check::{Reference, run};
-    let mut reference: Reference =
-        serde_json::from_str(include_str!("fixtures/minilm-reference.json")).expect("the fixture parses");
-    let cpu = wasmbento::devices::Device::Cpu;
-    let quick = std::time::Duration::from_millis(50);
-    let report = run(&minilm_dir(), cpu, Some(&reference), quick).unwrap();
-    assert!(report.passed, "{report:?}");
-    assert!(report.device_vs_cpu.min_cosine > 0.999_999, "{report:?}");
-    for agreement in [&report.cpu_vs_reference, &report.device_vs_reference] {
-        let a = agreement.as_ref().expect("compared with the reference");
-        assert!(a.min_cosine >= 0.9999 && a.max_abs_diff <= 1e-4, "{a:?}");
-    }
-    let batches: Vec<usize> = report.throughput.iter().map(|t| t.batch).collect();
-    assert_eq!(batches, [1, 32]);
-    assert!(report.throughput.iter().all(|t| t.cpu_items_per_s > 0.0 && t.device_items_per_s > 0.0));
-    assert!(wasmbento::device_check::render(&report).contains("PASS"));
-
-    for v in &mut reference.cases[2].embedding {
-        *v = -*v;
-    }
-    let report = run(&minilm_dir(), cpu, Some(&reference), quick).unwrap();
-    assert!(!report.passed);
-    assert!(report.device_vs_reference.unwrap().min_cosine < -0.99);
 }
