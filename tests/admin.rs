@@ -332,3 +332,68 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
     assert_eq!(admin.sleep(1).await, StatusCode::OK);
     server.shutdown().await.unwrap();
 }
+
+/// A host killed with SIGKILL while policies are being replaced keeps a
+/// whole configuration, one of those it acknowledged or was writing, and
+/// the next start serves with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_mid_write_leaves_a_whole_configuration() {
+    let (home, store) = temp_store();
+    build_plugin(&store, "tests/plugins/misbehave").await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut host = std::process::Command::new(wasmbento_tests::wasmbento_bin())
+        .args(["serve", "m=misbehave", "--port", &port.to_string(), "--admin-token", ADMIN_TOKEN])
+        .env("WASMBENTO_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") };
+    let started = std::time::Instant::now();
+    let ready = |http: reqwest::Client, url: String| async move {
+        http.get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
+    };
+    while !ready(admin.http.clone(), format!("{}/readyz", admin.base)).await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "serve never became ready");
+        assert!(host.try_wait().unwrap().is_none(), "serve exited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Four writers replace the traffic as fast as they can; the host dies
+    // after 40 acknowledged writes, with others in flight.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4u32 {
+        let (http, base, acknowledged) = (admin.http.clone(), admin.base.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 1..=1000u32 {
+                let timeout = f64::from(w * 1000 + i);
+                let put = http.put(format!("{base}/admin/v1/deployments/m/traffic")).bearer_auth(ADMIN_TOKEN);
+                match put.json(&json!({"timeout": timeout})).send().await {
+                    Ok(res) if res.status() == StatusCode::OK => {
+                        acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    while acknowledged.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        tokio::task::yield_now().await;
+    }
+    host.kill().unwrap(); // SIGKILL
+    host.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let path = home.path().join("deployments").join("m.json");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("a whole JSON document");
+    let timeout = saved["traffic"]["timeout"].as_f64().unwrap();
+    assert!(timeout >= 1.0 && timeout.fract() == 0.0, "{saved}");
+    let server = wasmbento::server::start(&store, serve_options(&["m=misbehave"])).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
+    assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], timeout);
+    server.shutdown().await.unwrap();
+}

@@ -153,3 +153,40 @@ async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> St
     let _ = conn.read_to_end(&mut response).await;
     String::from_utf8_lossy(&response).lines().next().unwrap_or("").to_string()
 }
+
+/// With an API token configured, the APIs need it (401 with a Bearer
+/// challenge otherwise, even for unknown routes); probes and `/metrics` stay
+/// open, and the admin API still takes its own token only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_guards_the_data_plane_but_not_the_probes() {
+    let (_home, store) = temp_store();
+    build_plugin(&store, "plugins/hello").await.unwrap();
+    let mut options = serve_options(&["hello"]);
+    options.api_token = Some("api-secret".into());
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let greet = |token: Option<&str>| {
+        let mut req = http.post(format!("{base}/hello/greet")).json(&json!({"name": "Ada"}));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let res = greet(None).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    assert!(error_message(&res.json().await.unwrap()).contains("this API needs Authorization"));
+    assert_eq!(greet(Some("wrong")).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(greet(Some(wasmbento_tests::ADMIN_TOKEN)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(greet(Some("api-secret")).await.status(), StatusCode::OK);
+    assert_eq!(get_status(&http, &format!("{base}/nope")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(get_status(&http, &format!("{base}/docs.json")).await, StatusCode::UNAUTHORIZED);
+    for open in ["/livez", "/readyz", "/metrics"] {
+        assert_eq!(get_status(&http, &format!("{base}{open}")).await, StatusCode::OK, "{open}");
+    }
+    let admin = http.get(format!("{base}/admin/v1/deployments")).bearer_auth("api-secret");
+    assert_eq!(admin.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    server.shutdown().await.unwrap();
+}

@@ -51,16 +51,25 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 /// Wraps the whole router: under `/admin/` nothing answers without the
-/// token, not even 404 or 405, so the admin routes cannot be probed.
-pub async fn guard(state: State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if request.uri().path().starts_with("/admin/") {
-        require_token(state, request, next).await
-    } else {
-        next.run(request).await
+/// admin token, not even 404 or 405, so the admin routes cannot be probed.
+/// With an API token configured, the same holds for everything else but
+/// the probes and `/metrics`, which orchestrators and scrapers call bare.
+pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/admin/") {
+        let token = app.admin_token.clone();
+        return require_token(&token, "the admin API", request, next).await;
+    }
+    match &app.api_token {
+        Some(token) if !matches!(path, "/livez" | "/readyz" | "/metrics") => {
+            let token = token.clone();
+            require_token(&token, "this API", request, next).await
+        }
+        _ => next.run(request).await,
     }
 }
 
-async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_token(expected: &str, what: &str, request: Request, next: Next) -> Response {
     // The scheme is case-insensitive (RFC 9110).
     let presented = request
         .headers()
@@ -75,11 +84,9 @@ async fn require_token(State(app): State<Arc<AppState>>, request: Request, next:
         response
     };
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
-            next.run(request).await
-        }
-        Some(_) => refuse("the admin token is wrong"),
-        None => refuse("the admin API needs Authorization: Bearer <token>"),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(_) => refuse(&format!("the token is wrong for {what}")),
+        None => refuse(&format!("{what} needs Authorization: Bearer <token>")),
     }
 }
 

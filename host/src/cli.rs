@@ -223,6 +223,10 @@ pub struct ServeArgs {
     /// Bearer token for the admin API (/admin/v1); generated and printed when absent.
     #[arg(long, env = "WASMBENTO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer token the APIs (POST /{deployment}/{api}, /docs.json) require;
+    /// unset: they are open. Probes and /metrics stay open.
+    #[arg(long, env = "WASMBENTO_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 /// Runs a parsed command line.
@@ -577,6 +581,7 @@ async fn serve(store: &Store, args: ServeArgs) -> Result<()> {
         max_latency: Some(std::time::Duration::from_millis(args.max_latency_ms)),
         autoscale_interval: std::time::Duration::from_secs(1),
         admin_token: args.admin_token,
+        api_token: args.api_token.filter(|t| !t.is_empty()),
     };
     let server = server::start(store, options).await?;
     let addr = server.addr;

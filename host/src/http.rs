@@ -38,6 +38,8 @@ pub struct AppState {
     pub max_request_bytes: usize,
     /// The bearer token of the admin API.
     pub admin_token: String,
+    /// The bearer token the APIs require, if they require one.
+    pub api_token: Option<String>,
 }
 
 impl AppState {
@@ -47,7 +49,7 @@ impl AppState {
         max_request_bytes: usize,
         admin_token: String,
     ) -> AppState {
-        AppState { deployments, metrics, max_request_bytes, admin_token }
+        AppState { deployments, metrics, max_request_bytes, admin_token, api_token: None }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct ServeOptions {
     /// Bearer token of the admin API; one is generated (and logged once)
     /// when none is given.
     pub admin_token: Option<String>,
+    /// Bearer token the data-plane APIs require; `None`: they are open.
+    pub api_token: Option<String>,
 }
 
 /// A server that is accepting connections.
@@ -78,7 +80,9 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
             token
         }
     };
-    let state = Arc::new(AppState::new(fleet, metrics, options.max_request_bytes, admin_token));
+    let mut state = AppState::new(fleet, metrics, options.max_request_bytes, admin_token);
+    state.api_token = options.api_token;
+    let state = Arc::new(state);
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;

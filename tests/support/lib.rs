@@ -57,6 +57,7 @@ pub fn serve_options(bentos: &[&str]) -> wasmbento::server::ServeOptions {
         max_latency: None,
         autoscale_interval: std::time::Duration::from_millis(50),
         admin_token: Some(ADMIN_TOKEN.into()),
+        api_token: None,
     }
 }
 
