@@ -13,8 +13,16 @@ use wasmbento_tests::{embeddings, texts, tiny_bert, wasmbento_bin, workspace_roo
 
 /// Runs `wasmbento args...` with `home` as its store.
 fn run(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    run_with(home, args, stdin, &[])
+}
+
+/// [`run`] with more environment variables.
+fn run_with(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(wasmbento_bin());
     cmd.args(args).env("WASMBENTO_HOME", home).env_remove("RUST_LOG").current_dir(workspace_root());
+    // Never the docker credentials of whoever runs the tests.
+    cmd.env("DOCKER_CONFIG", home.join("no-docker-config"));
+    cmd.envs(env.iter().copied());
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("running wasmbento");
@@ -123,4 +131,25 @@ fn login_checks_the_password_and_keeps_it_for_that_registry_only() {
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
     let saved = std::fs::read_to_string(home.path().join("auth.json")).unwrap();
     assert!(saved.contains(&registry.addr), "{saved}");
+
+    // Without a login, the user's docker config.json is used, for the
+    // registry it names.
+    let fresh = tempfile::tempdir().unwrap();
+    let model = tempfile::tempdir().unwrap();
+    tiny_bert::write(model.path(), 13);
+    ok(fresh.path(), &["models", "import", model.path().to_str().unwrap(), "--name", "tiny:1", "--quiet"]);
+    let target = format!("{}/team/models/tiny:1", registry.addr);
+    let push = ["models", "push", "tiny:1", target.as_str(), "--quiet"];
+    let anonymous = run(fresh.path(), &push, None);
+    assert!(!anonymous.status.success(), "pushed without credentials");
+    let docker = tempfile::tempdir().unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    let config = serde_json::json!({"auths": {
+        "other.example.com": {"auth": "bm90OmZvcnlvdQ=="},
+        (registry.addr.clone()): {"auth": auth},
+    }});
+    std::fs::write(docker.path().join("config.json"), config.to_string()).unwrap();
+    let pushed = run_with(fresh.path(), &push, None, &[("DOCKER_CONFIG", docker.path())]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
 }

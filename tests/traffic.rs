@@ -35,6 +35,7 @@ async fn queue_order_overflow_and_deadlines() {
         spec("fifo", 10.0, 2, Strategy::Fifo),
         spec("lifo", 10.0, 2, Strategy::Lifo),
         spec("tight", 0.5, 4, Strategy::Deadline),
+        spec("paced", 2.0, 4, Strategy::Deadline),
     ];
     let server = wasmbento::server::start(&store, options).await.unwrap();
     server.wait_ready().await.unwrap();
@@ -128,5 +129,29 @@ async fn queue_order_overflow_and_deadlines() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+
+    // The deadline strategy with a known call time: after a 1.5 s call, one
+    // waiting behind another 1.5 s call has about 0.5 s of its 2 s left when
+    // the slot frees, less than a call takes, so it is dropped then (504)
+    // instead of being started to run late; fifo would have started it.
+    let paced = |ms: u64, tag: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/paced/sleep"));
+        tokio::spawn(async move {
+            let res = http.post(url).json(&json!({"ms": ms, "tag": tag})).send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        })
+    };
+    assert_eq!(paced(1500, "learn").await.unwrap().0, StatusCode::OK);
+    let gate = Arc::clone(server.state.deployments.get("paced").unwrap().gate());
+    let busy = paced(1500, "busy");
+    while gate.running() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let late = paced(1, "late");
+    let (status, body) = late.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(error_message(&body).contains("dropped from the queue"), "{body}");
+    assert_eq!(busy.await.unwrap().0, StatusCode::OK);
     server.shutdown().await.unwrap();
 }

@@ -484,6 +484,38 @@ mod tests {
         assert_eq!(gate.admitted(), 1);
     }
 
+    /// Knative's activator rule: a wake lets through what the new capacity
+    /// admits, not the whole buffer at once.
+    #[tokio::test]
+    async fn a_wake_releases_no_more_than_the_new_capacity() {
+        let gate = Gate::new(Some(2), queue(8, Strategy::Fifo));
+        gate.set_replicas(0);
+        let far = Instant::now() + Duration::from_secs(5);
+        let (done, _) = tokio::sync::broadcast::channel::<()>(1);
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let (g, mut done) = (Arc::clone(&gate), done.subscribe());
+                tokio::spawn(async move {
+                    let permit = g.admit(far).await.unwrap();
+                    let _ = done.recv().await;
+                    drop(permit);
+                })
+            })
+            .collect();
+        while gate.waiting() < 5 {
+            tokio::task::yield_now().await;
+        }
+        gate.set_replicas(1);
+        assert_eq!((gate.running(), gate.waiting()), (2, 3));
+        gate.set_replicas(2);
+        assert_eq!((gate.running(), gate.waiting()), (4, 1));
+        done.send(()).unwrap();
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!((gate.admitted(), gate.running()), (5, 0));
+    }
+
     #[tokio::test]
     async fn max_pending_bounds_the_buffer_at_zero_only() {
         let gate = Gate::new(None, queue(4, Strategy::Fifo));
