@@ -247,3 +247,29 @@ async fn a_steady_stream_of_short_calls_keeps_the_service_from_zero() {
     assert_eq!(to_zero(&d), 1);
     server.shutdown().await.unwrap();
 }
+
+/// A `qps` target: a quick stream of calls scales out to `max_replicas`,
+/// the reason names the metric, and both replica gauges say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qps_policy_scales_out_under_a_stream_of_calls() {
+    let (_home, server) = serve_one_slot_per_replica().await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
+    let policy = json!({"min_replicas": 1, "max_replicas": 3, "policy": {"metrics": [{"type": "qps", "value": 5}]}});
+    put_scaling(&http, &base, &policy).await;
+    let started = std::time::Instant::now();
+    while d.replicas() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no scale-out: {:?}", d.events());
+        let res = http.post(format!("{base}/m/sleep")).json(&json!({"ms": 1, "tag": "q"})).send().await;
+        assert_eq!(res.unwrap().status(), StatusCode::OK);
+    }
+    let reasons: Vec<String> = d.events().into_iter().filter(|e| e.kind == "scale").map(|e| e.message).collect();
+    assert!(reasons.iter().any(|m| m.contains("→ 3") && m.contains("qps")), "{reasons:?}");
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for kind in ["current", "desired"] {
+        let series = format!(r#"wasmbento_replicas{{deployment="m",component="api",kind="{kind}"}} 3"#);
+        assert!(metrics.contains(&series), "{series} missing from {metrics}");
+    }
+    server.shutdown().await.unwrap();
+}

@@ -349,6 +349,14 @@ mod tests {
         p.policy.scale_up.select_policy = SelectPolicy::Disabled;
         let mut a = Autoscaler::new(p);
         assert_eq!(a.decide(&obs(0.0, 3, 800.0)).desired, 3);
+        // Disabled down: never down, even with nothing to do (but to zero,
+        // which is its own state, stays possible).
+        let mut p = policy(1, 100);
+        p.policy.scale_down_stabilization_window = 0.0;
+        p.policy.scale_down.select_policy = SelectPolicy::Disabled;
+        let mut a = Autoscaler::new(p);
+        assert_eq!(a.decide(&obs(0.0, 8, 0.0)).desired, 8);
+        assert_eq!(a.decide(&obs(400.0, 8, 0.0)).desired, 8);
 
         // Scale-down by at most 50 % per 60 s once the window allows it.
         let mut p = policy(1, 100);
