@@ -183,6 +183,43 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     let (_, show) = admin.get("/deployments/embedder").await;
     assert_eq!(show["runners"]["all-minilm-l6-v2"]["replicas"], 1, "{show}");
     assert_eq!(show["runners"]["all-minilm-l6-v2"]["loaded"], true, "{show}");
+    let (_, batching) = admin.get(&format!("{runner}/batching")).await;
+    assert_eq!(batching, json!({"max_batch_size": 32, "max_latency_ms": 10000}));
+
+    // Batching replaced live: one item per pass from the next batch on.
+    let (s, reply) = admin.put(&format!("{runner}/batching"), json!({"max_batch_size": 1})).await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    let (_, show) = admin.get("/deployments/embedder").await;
+    // max_latency_ms left out: the host's default (none in the tests).
+    let effective = &show["runners"]["all-minilm-l6-v2"]["batching"];
+    assert_eq!(*effective, json!({"max_batch_size": 1, "max_latency_ms": null}), "{show}");
+    let scrape = || {
+        let (http, url) = (admin.http.clone(), format!("{}/metrics", admin.base));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let histogram = |metrics: &str, part: &str| {
+        let series = format!(r#"wasmbento_runner_batch_size_{part}{{model="all-minilm-l6-v2:"#);
+        wasmbento_tests::metric(metrics, &series).unwrap_or(0.0)
+    };
+    let before = scrape().await;
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let (http, url) = (admin.http.clone(), format!("{}/embedder/encode", admin.base));
+            tokio::spawn(async move {
+                let body = json!({"texts": [format!("call {i}")]});
+                http.post(url).json(&body).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let after = scrape().await;
+    let (passes, items) = (
+        histogram(&after, "count") - histogram(&before, "count"),
+        histogram(&after, "sum") - histogram(&before, "sum"),
+    );
+    assert_eq!((passes, items), (8.0, 8.0), "max_batch_size 1 still merged");
 
     // Unknown runners and bad JSON.
     let (s, reply) = admin.get("/deployments/embedder/runners/nope/traffic").await;
@@ -198,6 +235,9 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
             json!({"max_replicas": 500}),
             "runners.all-minilm-l6-v2.scaling.max_replicas: a runner has at most 64",
         ),
+        ("batching", json!({"max_batch_size": 0}), "runners.all-minilm-l6-v2.batching.max_batch_size must be 1"),
+        ("batching", json!({"max_batch": 4}), "unknown field `max_batch`"),
+        ("batching", json!({"max_latency_ms": -5}), "max_latency_ms: invalid value"),
     ] {
         let (s, reply) = admin.put(&format!("{runner}/{path}"), body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
@@ -221,6 +261,7 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     server.wait_ready().await.unwrap();
     let admin = Admin { http: admin.http, base: format!("http://{}", server.addr) };
     assert_eq!(admin.get(&format!("{runner}/traffic")).await.1["timeout"], 5.0);
+    assert_eq!(admin.get(&format!("{runner}/batching")).await.1, json!({"max_batch_size": 1}));
     let (_, scaling) = admin.get(&format!("{runner}/scaling")).await;
     assert_eq!((scaling["min_replicas"].as_u64(), scaling["max_pending"].as_u64()), (Some(0), Some(8)));
     let r = server.state.deployments.get("embedder").unwrap().runner("all-minilm-l6-v2").unwrap();

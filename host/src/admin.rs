@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use crate::deployment::{Deployment, DeploymentSpec};
 use crate::fleet::DeployError;
 use crate::http::{ApiError, AppState};
-use crate::manifest::{RunnerConfig, RunnerTraffic, Traffic};
+use crate::manifest::{RunnerBatching, RunnerConfig, RunnerTraffic, Traffic};
 use crate::scale::ScalingPolicy;
 
 /// The admin routes; [`guard`] checks the bearer token before them.
@@ -45,6 +45,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/deployments/{name}/events", get(events))
         .route("/deployments/{name}/runners/{model}/traffic", get(get_runner_traffic).put(put_runner_traffic))
         .route("/deployments/{name}/runners/{model}/scaling", get(get_runner_scaling).put(put_runner_scaling))
+        .route(
+            "/deployments/{name}/runners/{model}/batching",
+            get(get_runner_batching).put(put_runner_batching),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such admin route: see /admin/v1/deployments")
         })
@@ -114,6 +118,11 @@ fn summary(d: &Deployment) -> Value {
             let mut status = json!(runner.status());
             status["traffic"] = json!(config.traffic);
             status["scaling"] = json!(config.scaling);
+            let batching = runner.batching();
+            status["batching"] = json!({
+                "max_batch_size": batching.max_batch_size,
+                "max_latency_ms": batching.max_latency.map(|d| d.as_millis() as u64),
+            });
             (name, status)
         })
         .collect();
@@ -307,6 +316,27 @@ async fn put_runner_scaling(
     crate::manifest::RunnerConfig::check_runner_replicas(&scaling).map_err(bad)?;
     d.set_runner_scaling(&model, scaling).map_err(not_loaded)?;
     Ok(Json(runner_config(&d, &model)?.scaling))
+}
+
+async fn get_runner_batching(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+) -> Result<Json<RunnerBatching>, ApiError> {
+    Ok(Json(runner_config(find(&app, &name)?.as_ref(), &model)?.batching))
+}
+
+async fn put_runner_batching(
+    State(app): State<Arc<AppState>>,
+    Path((name, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RunnerBatching>, ApiError> {
+    let d = find(&app, &name)?;
+    runner_config(&d, &model)?;
+    let batching: RunnerBatching = parse(&headers, &body)?;
+    batching.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.{e}")))?;
+    d.set_runner_batching(&model, batching).map_err(not_loaded)?;
+    Ok(Json(runner_config(&d, &model)?.batching))
 }
 
 /// A runner that exists in the configuration but is not made yet (the

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::compile_cache::Loaded;
 use crate::devices::{Device, Placement, Resources};
 use crate::instance::{CallFailure, CallOptions, Runtime, ServiceComponent};
-use crate::manifest::{ApiSpec, BentoManifest, RunnerConfig, RunnerTraffic, Traffic};
+use crate::manifest::{ApiSpec, BentoManifest, RunnerBatching, RunnerConfig, RunnerTraffic, Traffic};
 use crate::nn::ModelSet;
 use crate::runner::{ModelCache, Runner};
 use crate::scale::ScalingPolicy;
@@ -212,7 +212,8 @@ impl Deployment {
             };
             let config = configs.get(&alias).cloned().unwrap_or_default();
             let made = async {
-                let runner = Runner::new(&alias, model, Arc::clone(cache), device, &config.traffic)?;
+                let runner =
+                    Runner::new(&alias, model, Arc::clone(cache), device, &config.traffic, &config.batching)?;
                 runner.gate().set_max_pending(config.scaling.max_pending);
                 runner.set_replicas(1).await?;
                 anyhow::Ok(runner)
@@ -428,6 +429,18 @@ impl Deployment {
             "traffic",
             format!("runner {name} traffic replaced: {}", serde_json::to_string(&traffic)?),
         );
+        Ok(())
+    }
+
+    /// Replaces a runner's batching settings (from its next batch on) and
+    /// persists them.
+    pub fn set_runner_batching(&self, name: &str, batching: RunnerBatching) -> Result<()> {
+        batching.validate().map_err(anyhow::Error::msg)?;
+        let runner = self.runner(name).with_context(|| format!("no runner named {name:?}"))?;
+        self.update_runner(name, |c| c.batching = batching.clone())?;
+        runner.set_batching(&batching);
+        let json = serde_json::to_string(&batching)?;
+        self.record("batching", format!("runner {name} batching replaced: {json}"));
         Ok(())
     }
 

@@ -148,6 +148,50 @@ impl RunnerTraffic {
     }
 }
 
+/// How one runner batches (BentoML's `max_batch_size` and
+/// `max_latency_ms`); a key left out takes the host's `serve` default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerBatching {
+    /// Items per forward pass at most; 1 turns batching off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// Latency objective per call, arrival to result: a call predicted to
+    /// finish later fails at once with 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<u64>,
+}
+
+/// The largest batch one runner may be configured for.
+pub const MAX_BATCH_SIZE: usize = 4096;
+
+impl RunnerBatching {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.max_batch_size
+            && !(1..=MAX_BATCH_SIZE).contains(&n)
+        {
+            return Err(format!("batching.max_batch_size must be 1 to {MAX_BATCH_SIZE}, got {n}"));
+        }
+        if let Some(ms) = self.max_latency_ms
+            && !(1..=(MAX_TIMEOUT_SECONDS as u64) * 1000).contains(&ms)
+        {
+            return Err(format!("batching.max_latency_ms must be 1 to {}, got {ms}", MAX_TIMEOUT_SECONDS as u64 * 1000));
+        }
+        Ok(())
+    }
+
+    /// These settings over the host's `defaults`.
+    pub fn over(&self, defaults: &crate::runner::Batching) -> crate::runner::Batching {
+        crate::runner::Batching {
+            max_batch_size: self.max_batch_size.unwrap_or(defaults.max_batch_size),
+            max_latency: match self.max_latency_ms {
+                Some(ms) => Some(std::time::Duration::from_millis(ms)),
+                None => defaults.max_latency,
+            },
+        }
+    }
+}
+
 /// One runner's settings: `[runners.<model>]` in `bento.toml`, overridable
 /// per deployment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -155,6 +199,7 @@ impl RunnerTraffic {
 pub struct RunnerConfig {
     pub traffic: RunnerTraffic,
     pub scaling: Scaling,
+    pub batching: RunnerBatching,
 }
 
 /// Runner replicas one host runs at most (each is a worker thread).
@@ -163,6 +208,7 @@ pub const MAX_RUNNER_REPLICAS: u32 = 64;
 impl RunnerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.traffic.validate()?;
+        self.batching.validate()?;
         self.scaling.validate().map_err(|e| format!("scaling.{e}"))?;
         RunnerConfig::check_runner_replicas(&self.scaling).map_err(|e| format!("scaling.{e}"))
     }

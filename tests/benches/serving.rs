@@ -251,8 +251,15 @@ async fn main() {
     ));
     let cpu = wasmbento::devices::Device::Cpu;
     let runner =
-        wasmbento::runner::Runner::new("all-minilm-l6-v2", model.clone(), cache, cpu, &Default::default())
-            .unwrap();
+        wasmbento::runner::Runner::new(
+            "all-minilm-l6-v2",
+            model.clone(),
+            cache,
+            cpu,
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
     runner.set_replicas(1).await.unwrap();
     let models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));

@@ -106,18 +106,21 @@ impl Job {
 
 /// Runs one worker until it takes a [`Work::Stop`] or every sender is gone.
 /// Workers of one runner share `queue`; whoever holds its lock collects the
-/// next batch. `on_batch` sees the items of each forward pass.
+/// next batch, with the runner's batching settings as they are then
+/// (`settings`: they can change while the worker runs). `on_batch` sees the
+/// items of each forward pass.
 pub fn run_worker(
     backend: &dyn Backend,
     queue: &Mutex<mpsc::Receiver<Work>>,
-    max_batch_size: usize,
-    max_latency: Option<Duration>,
+    settings: &dyn Fn() -> super::Batching,
     on_batch: impl Fn(usize),
 ) {
-    let batching = backend.batchable() && max_batch_size > 1;
     let mut carried: Option<Job> = None;
     let mut cost = CostModel::default();
     loop {
+        let super::Batching { max_batch_size, max_latency } = settings();
+        let max_batch_size = max_batch_size.max(1);
+        let batching = backend.batchable() && max_batch_size > 1;
         let (batch, stop) = {
             let jobs = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let first = match carried.take() {
@@ -357,6 +360,11 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Batches of at most `n` items, no latency objective.
+    pub(super) fn fixed(n: usize) -> crate::runner::Batching {
+        crate::runner::Batching { max_batch_size: n, max_latency: None }
+    }
+
     /// Output row = masked sum of the row's ids; records batch sizes.
     struct Summer {
         batches: Mutex<Vec<usize>>,
@@ -420,7 +428,7 @@ mod tests {
             submit(call(&[&[100]])),                          // 5 in the second batch
         ];
         drop(tx);
-        run_worker(backend.as_ref(), &Mutex::new(rx), 8, None, |_| {});
+        run_worker(backend.as_ref(), &Mutex::new(rx), &|| fixed(8), |_| {});
         let results: Vec<Vec<f32>> =
             answers.into_iter().map(|a| a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap()).collect();
         assert_eq!(
@@ -439,7 +447,7 @@ mod tests {
         let (job, answer) = Job::new(call(&refs), Instant::now());
         tx.send(Work::Job(job)).unwrap();
         drop(tx);
-        run_worker(backend.as_ref(), &Mutex::new(rx), 3, None, |_| {});
+        run_worker(backend.as_ref(), &Mutex::new(rx), &|| fixed(3), |_| {});
         let sums = answer.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap();
         assert_eq!(sums, (1..=7).map(|i| (i * i) as f32).collect::<Vec<_>>());
         assert_eq!(*backend.batches.lock().unwrap(), [3, 3, 1]);
@@ -456,7 +464,7 @@ mod tests {
             answers.push(answer);
         }
         drop(tx);
-        run_worker(backend.as_ref(), &Mutex::new(rx), 1, None, |_| {});
+        run_worker(backend.as_ref(), &Mutex::new(rx), &|| fixed(1), |_| {});
         assert_eq!(*backend.batches.lock().unwrap(), [1, 1, 1, 1]);
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.blocking_recv().unwrap().unwrap()[0].1.to_f32().unwrap(), [i as f32]);
@@ -499,6 +507,7 @@ mod tests {
 
 #[cfg(test)]
 mod stop_tests {
+    use super::tests::fixed;
     use super::*;
 
     struct Echo;
@@ -529,7 +538,7 @@ mod stop_tests {
         tx.send(Work::Stop).unwrap();
         tx.send(Work::Job(after)).unwrap();
         let queue = Mutex::new(rx);
-        run_worker(&Echo, &queue, 8, None, |_| {});
+        run_worker(&Echo, &queue, &|| fixed(8), |_| {});
         assert!(before_answer.blocking_recv().unwrap().is_ok());
         // The job behind the stop is still queued for another worker.
         assert!(matches!(queue.lock().unwrap().try_recv(), Ok(Work::Job(_))));
@@ -548,7 +557,7 @@ mod stop_tests {
         }
         drop(tx);
         let batches = std::sync::atomic::AtomicUsize::new(0);
-        run_worker(&Echo, &Mutex::new(rx), 1, None, |_| {
+        run_worker(&Echo, &Mutex::new(rx), &|| fixed(1), |_| {
             batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
         assert!(panics_answer.blocking_recv().is_err(), "the panicked call got an answer");

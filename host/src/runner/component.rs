@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::batcher::{self, Job, Work};
 use super::{Backend, Batching, ModelCache, NamedTensor, RunnerError, TextTokenizer};
-use crate::manifest::RunnerTraffic;
+use crate::manifest::{RunnerBatching, RunnerTraffic};
 use crate::devices::Device;
 use crate::nn::CustomGauges;
 use crate::store::StoredModel;
@@ -78,7 +78,10 @@ pub struct Runner {
     tag: Tag,
     source: Source,
     tokenizer: Option<Arc<TextTokenizer>>,
-    batching: Batching,
+    /// Read by the workers before each batch, so a change applies at once.
+    batching: Arc<RwLock<Batching>>,
+    /// The host's batching, which the runner's own settings override.
+    default_batching: Batching,
     histogram: Histogram,
     gate: Arc<Gate>,
     timeout: RwLock<Duration>,
@@ -107,19 +110,23 @@ pub struct RunnerStatus {
 impl Runner {
     /// The runner named `name` (the name the guest loads) of a stored model,
     /// whose replicas run on `device`, at zero replicas: nothing but the
-    /// tokenizer is loaded yet.
+    /// tokenizer is loaded yet. Batching is the host's default as
+    /// `batching` overrides it.
     pub fn new(
         name: &str,
         model: StoredModel,
         cache: Arc<ModelCache>,
         device: Device,
         traffic: &RunnerTraffic,
+        batching: &RunnerBatching,
     ) -> Result<Arc<Runner>> {
         let tokenizer = cache.tokenizer(&model)?;
-        let (batching, sizes) = (cache.batching().clone(), cache.batch_sizes().clone());
+        let (defaults, sizes) = (cache.batching().clone(), cache.batch_sizes().clone());
         let tag = model.tag();
         let source = Source::Stored { model, cache, device };
-        Ok(Runner::build(name, tag, source, tokenizer, batching, &sizes, traffic))
+        let runner = Runner::build(name, tag, source, tokenizer, defaults, &sizes, traffic);
+        runner.set_batching(batching);
+        Ok(runner)
     }
 
     /// A runner around a backend made by the caller, with one replica.
@@ -156,7 +163,8 @@ impl Runner {
             tag,
             source,
             tokenizer,
-            batching,
+            batching: Arc::new(RwLock::new(batching.clone())),
+            default_batching: batching,
             gate,
             timeout: RwLock::new(traffic.timeout_duration()),
             jobs,
@@ -227,6 +235,17 @@ impl Runner {
         }
     }
 
+    /// Applies new batching settings from the next batch on; the host's
+    /// defaults fill what `batching` leaves out.
+    pub fn set_batching(&self, batching: &RunnerBatching) {
+        *self.batching.write().unwrap() = batching.over(&self.default_batching);
+    }
+
+    /// The batching in force.
+    pub fn batching(&self) -> Batching {
+        self.batching.read().unwrap().clone()
+    }
+
     /// Applies new traffic settings; calls already admitted keep theirs.
     pub fn set_traffic(&self, traffic: &RunnerTraffic) {
         *self.timeout.write().unwrap() = traffic.timeout_duration();
@@ -274,14 +293,13 @@ impl Runner {
 
     fn spawn_worker(&self, backend: Arc<dyn Backend>) -> Result<()> {
         let workers = Arc::clone(&self.workers);
-        let (histogram, batching) = (self.histogram.clone(), self.batching.clone());
+        let (histogram, batching) = (self.histogram.clone(), Arc::clone(&self.batching));
         workers.live.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new().name(format!("runner {}", self.tag)).spawn(move || {
             batcher::run_worker(
                 backend.as_ref(),
                 &workers.queue,
-                batching.max_batch_size,
-                batching.max_latency,
+                &|| batching.read().unwrap().clone(),
                 |n| histogram.observe(n as f64),
             );
             drop(backend);
