@@ -19,7 +19,7 @@ use crate::runner::{Backend, TextTokenizer};
 
 /// Sentences compared when no reference file is given, and whose
 /// throughput is measured.
-const SENTENCES: [&str; 9] = [
+pub const SENTENCES: [&str; 9] = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
     "The girl is carrying a baby.",
