@@ -184,7 +184,7 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     assert_eq!(show["runners"]["all-minilm-l6-v2"]["replicas"], 1, "{show}");
     assert_eq!(show["runners"]["all-minilm-l6-v2"]["loaded"], true, "{show}");
     let (_, batching) = admin.get(&format!("{runner}/batching")).await;
-    assert_eq!(batching, json!({"max_batch_size": 32, "max_latency_ms": 10000}));
+    assert_eq!(batching, json!({"max_batch_size": 32}));
 
     // Batching replaced live: one item per pass from the next batch on.
     let (s, reply) = admin.put(&format!("{runner}/batching"), json!({"max_batch_size": 1})).await;
@@ -436,5 +436,29 @@ async fn a_kill_9_mid_write_leaves_a_whole_configuration() {
     server.wait_ready().await.unwrap();
     let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
     assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], timeout);
+    server.shutdown().await.unwrap();
+}
+
+/// Without a configured token, the first start makes one and keeps it
+/// (owner-only); the next start uses the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_admin_token_is_kept_for_later_starts() {
+    let (home, store) = temp_store();
+    let mut options = serve_options(&[]);
+    options.admin_token = None;
+    let server = wasmbento::server::start(&store, options.clone()).await.unwrap();
+    server.shutdown().await.unwrap();
+    let path = home.path().join("admin-token");
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{token:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let server = wasmbento::server::start(&store, options).await.unwrap();
+    let url = format!("http://{}/admin/v1/deployments", server.addr);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).bearer_auth(&token).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(http.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token, "the token changed");
     server.shutdown().await.unwrap();
 }

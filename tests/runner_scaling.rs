@@ -127,5 +127,29 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     let message = error_message(&body);
     assert!(message.contains(&format!("runner {MODEL}")), "{message}");
+
+    // The runner's own gauge drives its scaling: items waiting for it
+    // (`pending_items`) over 16 per replica asks for a second replica while
+    // one long call is in flight.
+    let traffic = json!({"timeout": 120});
+    let res = http.put(admin(&format!("/runners/{MODEL}/traffic"))).bearer_auth(ADMIN_TOKEN).json(&traffic);
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
+    let policy = json!({"min_replicas": 1, "max_replicas": 2,
+        "policy": {"metrics": [{"type": "custom", "name": "pending_items", "value": 16}]}});
+    let res = http.put(admin(&format!("/runners/{MODEL}/scaling"))).bearer_auth(ADMIN_TOKEN).json(&policy);
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
+    let long = tokio::spawn(encode(texts(&["A runner scales out on its own gauge."; 128])));
+    let mut replicas = runner.watch_replicas();
+    tokio::time::timeout(Duration::from_secs(30), replicas.wait_for(|r| *r == 2))
+        .await
+        .expect("the runner never got a second replica")
+        .unwrap();
+    let (status, body) = long.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = server.state.deployments.get("embedder").unwrap().events();
+    assert!(
+        events.iter().any(|e| e.message.starts_with(&format!("{prefix} 1 → 2")) && e.message.contains("pending_items")),
+        "{events:?}"
+    );
     server.shutdown().await.unwrap();
 }

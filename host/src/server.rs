@@ -74,11 +74,7 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
 
     let admin_token = match options.admin_token {
         Some(token) if !token.is_empty() => token,
-        _ => {
-            let token = random_token()?;
-            tracing::warn!("no admin token configured; generated one for this run: {token}");
-            token
-        }
+        _ => kept_admin_token(store)?,
     };
     let mut state = AppState::new(fleet, metrics, options.max_request_bytes, admin_token);
     state.api_token = options.api_token;
@@ -119,6 +115,31 @@ impl RunningServer {
 }
 
 /// 32 random bytes from the OS, as hex.
+/// The admin token kept in `$WASMBENTO_HOME/admin-token`: made and logged
+/// once, on the first start without a configured token, so that restarts
+/// keep the token clients hold. Only the owner may read the file.
+fn kept_admin_token(store: &Store) -> Result<String> {
+    let path = store.root().join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if !kept.trim().is_empty() => return Ok(kept.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = random_token()?;
+    let mut file = tempfile::NamedTempFile::new_in(store.root())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(&path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!("no admin token configured; generated one, kept in {}: {token}", path.display());
+    Ok(token)
+}
+
 fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)

@@ -217,6 +217,11 @@ impl Runner {
         }
     }
 
+    /// Watches the replica count.
+    pub fn watch_replicas(&self) -> watch::Receiver<u32> {
+        self.replicas.subscribe()
+    }
+
     /// Watches whether the runner holds the weights (false once the last
     /// worker has gone after a scale to zero).
     pub fn watch_loaded(&self) -> watch::Receiver<bool> {
