@@ -313,6 +313,8 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
         (json!({"bento": "hello", "replicas": 2}), StatusCode::BAD_REQUEST, "unknown field `replicas`"),
         (json!({"bento": "hello", "traffic": {"timeout": 0}}), StatusCode::BAD_REQUEST, "traffic.timeout"),
         (json!({"bento": "hello", "resources": {"gpu": 2}}), StatusCode::BAD_REQUEST, "resources.gpu"),
+        (json!({"bento": "hello", "resources": [null, null, 2]}), StatusCode::BAD_REQUEST, "resources: expected an object"),
+        (json!({"bento": "hello", "traffic": []}), StatusCode::BAD_REQUEST, "traffic: expected an object"),
     ] {
         let (s, reply) = admin.send(Method::POST, "/deployments", Some(body)).await;
         assert_eq!(s, status, "{reply}");

@@ -153,3 +153,29 @@ fn login_checks_the_password_and_keeps_it_for_that_registry_only() {
     let pushed = run_with(fresh.path(), &push, None, &[("DOCKER_CONFIG", docker.path())]);
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
 }
+
+/// `check-device` refuses bad arguments before touching any hardware, and
+/// says why there is no GPU to check.
+#[test]
+fn check_device_explains_what_it_cannot_do() {
+    let home = tempfile::tempdir().unwrap();
+    let model = tempfile::tempdir().unwrap();
+    tiny_bert::write(model.path(), 14);
+    let dir = model.path().to_str().unwrap();
+    let fails = |args: &[&str], needle: &str| {
+        let out = run(home.path(), args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    fails(&["check-device", "/nonexistent", "--device", "cpu"], "/nonexistent is not a directory");
+    fails(&["check-device", "/tmp", "--device", "cpu"], "not a BERT-family model directory");
+    fails(&["check-device", dir, "--seconds", "1e20"], "--seconds must be more than 0 and at most 3600");
+    fails(&["check-device", dir, "--seconds", "-1"], "--seconds must be more than 0");
+    if let Err(why) = wasmbento::devices::discover_gpus() {
+        fails(&["check-device", dir], &format!("no GPU to check ({why})"));
+    }
+    let out = ok(home.path(), &["check-device", dir, "--device", "cpu", "--seconds", "0.05", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+}

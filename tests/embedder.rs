@@ -252,8 +252,12 @@ async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
     let url = format!("{base}/wants-gpu/encode");
     assert_eq!(http.post(url).json(&texts(&["a dog"])).send().await.unwrap().status(), StatusCode::OK);
     // Required: the deployment refuses to start, saying why.
-    let err = server.state.deployments.get("needs-gpu").unwrap().wait_ready().await.unwrap_err().to_string();
+    let refused = server.state.deployments.get("needs-gpu").unwrap();
+    let err = refused.wait_ready().await.unwrap_err().to_string();
     assert!(err.contains("GPU"), "{err}");
+    let placed: Vec<String> =
+        refused.events().into_iter().filter(|e| e.kind == "placement").map(|e| e.message).collect();
+    assert!(placed.iter().any(|m| m.contains("requires a GPU")), "{placed:?}");
     let res = http.post(format!("{base}/needs-gpu/encode")).json(&texts(&["a dog"])).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 
@@ -272,6 +276,21 @@ async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
     assert_eq!(shown["resources"]["gpu_required"], true, "{shown}");
     let err = server.state.deployments.get("override").unwrap().wait_ready().await.unwrap_err().to_string();
     assert!(err.contains("requires a GPU"), "{err}");
+    // Readiness: per deployment; the host's counts the ones it started with.
+    let probe = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(probe("/readyz/wants-gpu").await.0, StatusCode::OK);
+    let (status, body) = probe("/readyz/override").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("requires a GPU"), "{body}");
+    let (status, body) = probe("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("needs-gpu") && !body.contains("override"), "{body}");
     server.shutdown().await.unwrap();
 }
 

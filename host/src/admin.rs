@@ -65,7 +65,7 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         return require_token(&token, "the admin API", request, next).await;
     }
     match &app.api_token {
-        Some(token) if !matches!(path, "/livez" | "/readyz" | "/metrics") => {
+        Some(token) if !(matches!(path, "/livez" | "/readyz" | "/metrics") || path.starts_with("/readyz/")) => {
             let token = token.clone();
             require_token(&token, "this API", request, next).await
         }
@@ -147,7 +147,7 @@ async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// The body of `POST /admin/v1/deployments`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct DeployRequest {
     /// `name[:version]` of a bento in the store.
@@ -256,7 +256,7 @@ async fn put_scaling(
     body: Bytes,
 ) -> Result<Json<ScalingPolicy>, ApiError> {
     let d = find(&app, &name)?;
-    parse::<serde::de::IgnoredAny>(&headers, &body)?;
+    check_body(&headers, &body)?;
     let scaling = ScalingPolicy::from_json(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.0))?;
     d.set_scaling(scaling).map_err(internal)?;
     Ok(Json(d.config().scaling))
@@ -310,7 +310,7 @@ async fn put_runner_scaling(
 ) -> Result<Json<ScalingPolicy>, ApiError> {
     let d = find(&app, &name)?;
     runner_config(&d, &model)?;
-    parse::<serde::de::IgnoredAny>(&headers, &body)?;
+    check_body(&headers, &body)?;
     let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.scaling.{e}"));
     let scaling = ScalingPolicy::from_json(&body).map_err(|e| bad(e.0))?;
     crate::manifest::RunnerConfig::check_runner_replicas(&scaling).map_err(bad)?;
@@ -352,7 +352,13 @@ async fn events(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> R
 /// A JSON object body (a `PUT` replaces the whole configuration, so an
 /// array or `null` is refused rather than read as "all defaults"), with
 /// errors that name the field.
-fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned + serde::Serialize>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    check_body(headers, body)?;
+    crate::json::decode(body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))
+}
+
+/// A JSON content type and a body that is a JSON object.
+fn check_body(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     crate::http::check_json_content_type(headers)?;
     match serde_json::from_slice::<Value>(body) {
         Err(e) => {
@@ -366,7 +372,7 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Api
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "the request body must be a JSON object"));
         }
     }
-    crate::json::decode(body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))
+    Ok(())
 }
 
 fn internal(e: anyhow::Error) -> ApiError {

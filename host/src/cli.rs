@@ -94,7 +94,7 @@ pub enum Command {
         #[arg(long)]
         reference: Option<PathBuf>,
         /// Seconds to measure each backend at each batch size.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
         seconds: f64,
         /// Print JSON.
         #[arg(long)]
@@ -288,17 +288,13 @@ fn check_device(
     json: bool,
 ) -> Result<()> {
     use crate::devices::{Device, Placement, Resources};
-    let device = match device {
-        Some(device) => device,
-        None => {
-            let gpus = crate::devices::gpus().as_ref().map(Vec::as_slice).map_err(String::as_str);
-            let wants = Resources { gpu: 1, gpu_required: true, ..Resources::default() };
-            match crate::devices::place(&wants, gpus, 0).map_err(anyhow::Error::msg)? {
-                Placement::Gpu { ordinal } => Device::Cuda(ordinal),
-                Placement::Cpu { .. } => unreachable!("a required GPU never falls back"),
-            }
-        }
-    };
+    // The arguments first, then the hardware.
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        anyhow::bail!("--seconds must be more than 0 and at most 3600, got {seconds}");
+    }
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
     let reference = match reference {
         Some(path) => {
             let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -306,9 +302,21 @@ fn check_device(
         }
         None => None,
     };
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        anyhow::bail!("--seconds must be a positive number");
-    }
+    let device = match device {
+        Some(device) => device,
+        None => {
+            let gpus = crate::devices::gpus().as_ref().map(Vec::as_slice).map_err(String::as_str);
+            let wants = Resources { gpu: 1, gpu_required: true, ..Resources::default() };
+            match crate::devices::place(&wants, gpus, 0) {
+                Ok(Placement::Gpu { ordinal }) => Device::Cuda(ordinal),
+                Ok(Placement::Cpu { .. }) => unreachable!("a required GPU never falls back"),
+                Err(why) => anyhow::bail!(
+                    "no GPU to check ({}); --device cpu runs the check CPU against CPU",
+                    why.trim_start_matches("the deployment requires a GPU: ")
+                ),
+            }
+        }
+    };
     let report =
         crate::device_check::run(dir, device, reference.as_ref(), std::time::Duration::from_secs_f64(seconds))?;
     if json {

@@ -206,6 +206,7 @@ impl Deployment {
                 Ok(device) => device,
                 Err(why) => {
                     let message = format!("placing the runner of model {tag}: {why}");
+                    self.warn("placement", message.clone());
                     self.readiness.send_replace(Readiness::Failed(message.clone()));
                     anyhow::bail!(message);
                 }
@@ -262,9 +263,10 @@ impl Deployment {
             }
         };
         if matches!(placement, Placement::Cpu { warning: Some(_) }) {
-            tracing::warn!(deployment = %self.name, "{message}");
+            self.warn("placement", message);
+        } else {
+            self.record("placement", message);
         }
-        self.record("placement", message);
         Ok(placement.device())
     }
 
@@ -468,6 +470,16 @@ impl Deployment {
     /// Appends an event (and logs it).
     pub fn record(&self, kind: &'static str, message: String) {
         tracing::info!(deployment = %self.name, kind, "{message}");
+        self.push_event(kind, message);
+    }
+
+    /// Appends an event that deserves attention (and logs it as a warning).
+    pub fn warn(&self, kind: &'static str, message: String) {
+        tracing::warn!(deployment = %self.name, kind, "{message}");
+        self.push_event(kind, message);
+    }
+
+    fn push_event(&self, kind: &'static str, message: String) {
         let mut events = self.events.lock().unwrap();
         if events.len() == EVENTS_KEPT {
             events.pop_front();

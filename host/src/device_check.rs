@@ -81,9 +81,14 @@ pub struct Report {
 }
 
 /// Runs the check for the model in `dir` on `device`, timing each
-/// measurement for about `time` per backend and batch size.
+/// measurement for about `time` per backend and batch size. It passes when
+/// every cosine it computes (device vs CPU, and each vs the reference when
+/// given) is at least [`MIN_COSINE`].
 pub fn run(dir: &Path, device: Device, reference: Option<&Reference>, time: Duration) -> Result<Report> {
-    let tag: crate::tag::Tag = "check:0".parse()?;
+    if !crate::runner::bert::is_bert_dir(dir) {
+        bail!("{}: not a BERT-family model directory (no config.json of a BERT model)", dir.display());
+    }
+    let tag: crate::tag::Tag = "checked:local".parse()?;
     let cpu = crate::runner::load_backend(&tag, dir, Device::Cpu).context("loading on the CPU")?;
     let dev = crate::runner::load_backend(&tag, dir, device).with_context(|| format!("loading on {device}"))?;
     let tokenizer = TextTokenizer::load(dir)?;
@@ -129,7 +134,8 @@ pub fn run(dir: &Path, device: Device, reference: Option<&Reference>, time: Dura
         throughput.push(Throughput { batch, cpu_items_per_s: c, device_items_per_s: d, ratio: d / c });
     }
     let passes = |a: &Option<Agreement>| a.as_ref().is_none_or(|a| a.min_cosine >= MIN_COSINE);
-    let passed = device_vs_cpu.min_cosine >= MIN_COSINE && passes(&device_vs_reference);
+    let passed =
+        device_vs_cpu.min_cosine >= MIN_COSINE && passes(&cpu_vs_reference) && passes(&device_vs_reference);
     Ok(Report {
         device: device.to_string(),
         backend: dev.describe(),
@@ -167,14 +173,15 @@ pub fn render(report: &Report) -> String {
         out.push_str(&s);
         out.push('\n');
     };
-    line(&mut out, format!("device:  {} — {}", report.device, report.backend));
+    line(&mut out, format!("device {} — {}", report.device, report.backend));
     let show = |a: &Agreement| format!("min cosine {:.6}, max |diff| {:.2e}", a.min_cosine, a.max_abs_diff);
-    line(&mut out, format!("{} sentences, {} vs CPU: {}", report.sentences, report.device, show(&report.device_vs_cpu)));
+    line(&mut out, format!("{} sentences", report.sentences));
+    line(&mut out, format!("  device vs CPU:       {}", show(&report.device_vs_cpu)));
     if let Some(a) = &report.cpu_vs_reference {
-        line(&mut out, format!("CPU vs reference:    {}", show(a)));
+        line(&mut out, format!("  CPU vs reference:    {}", show(a)));
     }
     if let Some(a) = &report.device_vs_reference {
-        line(&mut out, format!("{} vs reference: {}", report.device, show(a)));
+        line(&mut out, format!("  device vs reference: {}", show(a)));
     }
     line(&mut out, String::new());
     line(&mut out, "| batch | CPU items/s | device items/s | device / CPU |".into());

@@ -57,17 +57,21 @@ pub fn discover() -> HostInfo {
     }
 }
 
+static GPUS: std::sync::OnceLock<Result<Vec<GpuInfo>, String>> = std::sync::OnceLock::new();
+
 /// The GPUs found when first asked (device discovery opens a context per
-/// device: once per process is enough).
+/// device: once per process is enough). Only placing a runner that asks
+/// for a GPU asks, so a host serving on the CPU never touches a GPU.
 pub fn gpus() -> &'static Result<Vec<GpuInfo>, String> {
-    static GPUS: std::sync::OnceLock<Result<Vec<GpuInfo>, String>> = std::sync::OnceLock::new();
     GPUS.get_or_init(discover_gpus)
 }
 
-/// The GPUs found at start with their memory as it is now; none where
-/// discovery found none.
+/// The GPUs found so far with their memory as it is now: none until a
+/// runner asked for a GPU, or where discovery found none. Opens each
+/// device's context (cheap while a runner holds it): call it off the
+/// async executor.
 pub fn gpu_memory() -> Vec<GpuInfo> {
-    let Ok(found) = gpus() else { return Vec::new() };
+    let Some(Ok(found)) = GPUS.get() else { return Vec::new() };
     found
         .iter()
         .map(|gpu| {

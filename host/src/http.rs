@@ -2,8 +2,9 @@
 //! failures become status codes.
 //!
 //! * `POST /{deployment}/{api}`: JSON in, JSON out.
-//! * `GET /livez`, `GET /readyz` (503 until every deployment's models are
-//!   loaded), `GET /metrics`, `GET /docs.json`.
+//! * `GET /livez`, `GET /readyz` (503 until the models of every deployment
+//!   the host was started with are loaded), `GET /readyz/{deployment}`,
+//!   `GET /metrics`, `GET /docs.json`.
 //!
 //! Every response carries `x-request-id` (the caller's, or a new one). Every
 //! error is JSON `{"error": "..."}` naming the problem.
@@ -58,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/{deployment}", get(deployment_readyz))
         .route("/metrics", get(metrics))
         .route("/docs.json", get(docs))
         .route("/{deployment}/{api}", post(call_api))
@@ -134,11 +136,15 @@ impl From<DeploymentError> for ApiError {
     }
 }
 
+/// The host is ready when the deployments it was started with are. Those
+/// added through the admin API do not count (a bad one must not take a
+/// serving host out of rotation); each has its own `/readyz/{deployment}`.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let waiting: Vec<String> = app
         .deployments
         .all()
         .iter()
+        .filter(|d| !d.config().restore)
         .filter_map(|d| d.not_ready_reason().map(|why| format!("{}: {why}", d.name())))
         .collect();
     if waiting.is_empty() {
@@ -149,12 +155,29 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
+async fn deployment_readyz(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    match app.deployments.get(&name) {
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no deployment named {name:?}")).into_response(),
+        Some(d) => match d.not_ready_reason() {
+            None => "ok\n".into_response(),
+            Some(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {name}: {why}"))
+                .into_response(),
+        },
+    }
+}
+
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.encode(),
-    )
-        .into_response()
+    // Reading device memory may open a GPU context: not on the executor.
+    let encoded = tokio::task::spawn_blocking(move || app.metrics.encode()).await;
+    match encoded {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}"))
+            .into_response(),
+    }
 }
 
 async fn docs(State(app): State<Arc<AppState>>) -> Response {

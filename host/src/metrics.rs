@@ -5,7 +5,7 @@
 //! status, and requests in progress by deployment and API. Per device
 //! (`cpu`, `cuda:N`): the bytes of model weights held there, and the
 //! device's memory, total and free (available, for the CPU), read at each
-//! scrape.
+//! scrape; GPUs appear once a runner has asked for one.
 
 use std::sync::Mutex;
 
