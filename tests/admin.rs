@@ -235,7 +235,11 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
             json!({"max_replicas": 500}),
             "runners.all-minilm-l6-v2.scaling.max_replicas: a runner has at most 64",
         ),
-        ("batching", json!({"max_batch_size": 0}), "runners.all-minilm-l6-v2.batching.max_batch_size must be 1"),
+        (
+            "batching",
+            json!({"max_batch_size": 0}),
+            "runners.all-minilm-l6-v2.batching.max_batch_size must be 1",
+        ),
         ("batching", json!({"max_batch": 4}), "unknown field `max_batch`"),
         ("batching", json!({"max_latency_ms": -5}), "max_latency_ms: invalid value"),
     ] {
@@ -313,7 +317,11 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
         (json!({"bento": "hello", "replicas": 2}), StatusCode::BAD_REQUEST, "unknown field `replicas`"),
         (json!({"bento": "hello", "traffic": {"timeout": 0}}), StatusCode::BAD_REQUEST, "traffic.timeout"),
         (json!({"bento": "hello", "resources": {"gpu": 2}}), StatusCode::BAD_REQUEST, "resources.gpu"),
-        (json!({"bento": "hello", "resources": [null, null, 2]}), StatusCode::BAD_REQUEST, "resources: expected an object"),
+        (
+            json!({"bento": "hello", "resources": [null, null, 2]}),
+            StatusCode::BAD_REQUEST,
+            "resources: expected an object",
+        ),
         (json!({"bento": "hello", "traffic": []}), StatusCode::BAD_REQUEST, "traffic: expected an object"),
     ] {
         let (s, reply) = admin.send(Method::POST, "/deployments", Some(body)).await;
@@ -369,7 +377,8 @@ async fn bentos_are_deployed_and_undeployed_at_run_time() {
     let server = wasmbento::server::start(&store, serve_options(&[])).await.unwrap();
     server.wait_ready().await.unwrap();
     let admin = Admin { http: reqwest::Client::new(), base: format!("http://{}", server.addr) };
-    let names: Vec<Value> = admin.get("/deployments").await.1.as_array().unwrap().iter().map(|d| d["name"].clone()).collect();
+    let names: Vec<Value> =
+        admin.get("/deployments").await.1.as_array().unwrap().iter().map(|d| d["name"].clone()).collect();
     assert_eq!(names, [json!("m")]);
     assert_eq!(admin.get("/deployments/m/traffic").await.1["timeout"], 7.0);
     assert_eq!(admin.sleep(1).await, StatusCode::OK);
@@ -460,7 +469,10 @@ async fn a_generated_admin_token_is_kept_for_later_starts() {
     let url = format!("http://{}/admin/v1/deployments", server.addr);
     let http = reqwest::Client::new();
     assert_eq!(http.get(&url).bearer_auth(&token).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(http.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        http.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token, "the token changed");
     server.shutdown().await.unwrap();
 }

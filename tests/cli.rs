@@ -55,7 +55,10 @@ fn push_list_delete_pull_and_serve_from_the_command_line() {
     let home = tempfile::tempdir().unwrap();
     let model = tempfile::tempdir().unwrap();
     tiny_bert::write(model.path(), 12);
-    ok(home.path(), &["models", "import", model.path().to_str().unwrap(), "--name", "all-minilm-l6-v2", "--quiet"]);
+    ok(
+        home.path(),
+        &["models", "import", model.path().to_str().unwrap(), "--name", "all-minilm-l6-v2", "--quiet"],
+    );
     ok(home.path(), &["build", "plugins/embedder"]);
 
     let reference = format!("{}/team/embedder", registry.addr);
@@ -100,11 +103,11 @@ fn push_list_delete_pull_and_serve_from_the_command_line() {
         let started = Instant::now();
         // Readiness is polled: the pull and the model load take their time.
         while started.elapsed() < Duration::from_secs(120) {
-            if let Ok(res) = http.get(format!("{base}/readyz")).send().await {
-                if res.status().is_success() {
-                    let res = http.post(format!("{base}/embedder/encode")).json(&texts(&["a dog"])).send().await;
-                    return Some(res.unwrap().json::<Value>().await.unwrap());
-                }
+            if let Ok(res) = http.get(format!("{base}/readyz")).send().await
+                && res.status().is_success()
+            {
+                let res = http.post(format!("{base}/embedder/encode")).json(&texts(&["a dog"])).send().await;
+                return Some(res.unwrap().json::<Value>().await.unwrap());
             }
             assert!(server.try_wait().unwrap().is_none(), "serve exited");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -121,13 +124,15 @@ fn push_list_delete_pull_and_serve_from_the_command_line() {
 fn login_checks_the_password_and_keeps_it_for_that_registry_only() {
     let registry = TestRegistry::start(Some(("alice", "s3cret")));
     let home = tempfile::tempdir().unwrap();
-    let wrong = run(home.path(), &["login", &registry.addr, "-u", "alice", "--password-stdin"], Some("nope\n"));
+    let wrong =
+        run(home.path(), &["login", &registry.addr, "-u", "alice", "--password-stdin"], Some("nope\n"));
     assert!(!wrong.status.success());
     let message = String::from_utf8_lossy(&wrong.stderr);
     assert!(message.contains(&registry.addr), "{message}");
     assert!(!home.path().join("auth.json").exists(), "refused credentials were saved");
 
-    let right = run(home.path(), &["login", &registry.addr, "-u", "alice", "--password-stdin"], Some("s3cret\n"));
+    let right =
+        run(home.path(), &["login", &registry.addr, "-u", "alice", "--password-stdin"], Some("s3cret\n"));
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
     let saved = std::fs::read_to_string(home.path().join("auth.json")).unwrap();
     assert!(saved.contains(&registry.addr), "{saved}");

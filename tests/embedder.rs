@@ -263,7 +263,8 @@ async fn a_runner_asking_for_a_gpu_falls_back_to_the_cpu_unless_required() {
 
     // A deployment overrides the bento's resources (none here): required
     // again, and refused again, with the override kept in its configuration.
-    let body = json!({"bento": "embedder", "name": "override", "resources": {"gpu": 1, "gpu_required": true}});
+    let body =
+        json!({"bento": "embedder", "name": "override", "resources": {"gpu": 1, "gpu_required": true}});
     let res = http
         .post(format!("{base}/admin/v1/deployments"))
         .bearer_auth(wasmbento_tests::ADMIN_TOKEN)

@@ -256,7 +256,8 @@ async fn a_qps_policy_scales_out_under_a_stream_of_calls() {
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let d = std::sync::Arc::clone(&server.state.deployments.get("m").unwrap());
-    let policy = json!({"min_replicas": 1, "max_replicas": 3, "policy": {"metrics": [{"type": "qps", "value": 5}]}});
+    let policy =
+        json!({"min_replicas": 1, "max_replicas": 3, "policy": {"metrics": [{"type": "qps", "value": 5}]}});
     put_scaling(&http, &base, &policy).await;
     let started = std::time::Instant::now();
     while d.replicas() < 3 {
@@ -264,7 +265,8 @@ async fn a_qps_policy_scales_out_under_a_stream_of_calls() {
         let res = http.post(format!("{base}/m/sleep")).json(&json!({"ms": 1, "tag": "q"})).send().await;
         assert_eq!(res.unwrap().status(), StatusCode::OK);
     }
-    let reasons: Vec<String> = d.events().into_iter().filter(|e| e.kind == "scale").map(|e| e.message).collect();
+    let reasons: Vec<String> =
+        d.events().into_iter().filter(|e| e.kind == "scale").map(|e| e.message).collect();
     assert!(reasons.iter().any(|m| m.contains("→ 3") && m.contains("qps")), "{reasons:?}");
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for kind in ["current", "desired"] {

@@ -65,7 +65,9 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         return require_token(&token, "the admin API", request, next).await;
     }
     match &app.api_token {
-        Some(token) if !(matches!(path, "/livez" | "/readyz" | "/metrics") || path.starts_with("/readyz/")) => {
+        Some(token)
+            if !(matches!(path, "/livez" | "/readyz" | "/metrics") || path.starts_with("/readyz/")) =>
+        {
             let token = token.clone();
             require_token(&token, "this API", request, next).await
         }
@@ -334,7 +336,9 @@ async fn put_runner_batching(
     let d = find(&app, &name)?;
     runner_config(&d, &model)?;
     let batching: RunnerBatching = parse(&headers, &body)?;
-    batching.validate().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.{e}")))?;
+    batching
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("runners.{model}.{e}")))?;
     d.set_runner_batching(&model, batching).map_err(not_loaded)?;
     Ok(Json(runner_config(&d, &model)?.batching))
 }

@@ -317,8 +317,12 @@ fn check_device(
             }
         }
     };
-    let report =
-        crate::device_check::run(dir, device, reference.as_ref(), std::time::Duration::from_secs_f64(seconds))?;
+    let report = crate::device_check::run(
+        dir,
+        device,
+        reference.as_ref(),
+        std::time::Duration::from_secs_f64(seconds),
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -481,11 +485,10 @@ async fn import_model(store: &Store, source: &str, tag: &Tag, output: Output) ->
             let bar = output.progress().bytes(&format!("importing {tag}"), tree_size(&dir));
             let (store, tag) = (store.clone(), tag.clone());
             let label = dir.display().to_string();
-            let model = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 store.import_model_dir_with(&dir, &tag, &label, &|n| bar.inc(n))
             })
-            .await??;
-            model
+            .await??
         }
     };
     let transfer = crate::oci::registry::Transfer {

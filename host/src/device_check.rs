@@ -90,7 +90,8 @@ pub fn run(dir: &Path, device: Device, reference: Option<&Reference>, time: Dura
     }
     let tag: crate::tag::Tag = "checked:local".parse()?;
     let cpu = crate::runner::load_backend(&tag, dir, Device::Cpu).context("loading on the CPU")?;
-    let dev = crate::runner::load_backend(&tag, dir, device).with_context(|| format!("loading on {device}"))?;
+    let dev =
+        crate::runner::load_backend(&tag, dir, device).with_context(|| format!("loading on {device}"))?;
     let tokenizer = TextTokenizer::load(dir)?;
     let texts: Vec<String> = match reference {
         Some(r) if !r.cases.is_empty() => r.cases.iter().map(|c| c.text.clone()).collect(),
@@ -189,7 +190,10 @@ pub fn render(report: &Report) -> String {
     for t in &report.throughput {
         line(
             &mut out,
-            format!("| {} | {:.1} | {:.1} | {:.2}× |", t.batch, t.cpu_items_per_s, t.device_items_per_s, t.ratio),
+            format!(
+                "| {} | {:.1} | {:.1} | {:.2}× |",
+                t.batch, t.cpu_items_per_s, t.device_items_per_s, t.ratio
+            ),
         );
     }
     line(&mut out, String::new());

@@ -170,13 +170,13 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     // Reading device memory may open a GPU context: not on the executor.
     let encoded = tokio::task::spawn_blocking(move || app.metrics.encode()).await;
     match encoded {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            text,
-        )
-            .into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}"))
-            .into_response(),
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        Err(e) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response()
+        }
     }
 }
 
@@ -221,10 +221,10 @@ async fn call_api(
     let request_labels = RequestLabels { deployment, api, status: status.as_u16() };
     app.metrics.requests.get_or_create(&request_labels).inc();
     app.metrics.duration.get_or_create(&request_labels).observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        if e.status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %e.message, "call failed");
-        }
+    if let Err(e) = &result
+        && e.status.is_server_error()
+    {
+        tracing::warn!(status = status.as_u16(), error = %e.message, "call failed");
     }
     let bytes = result?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())

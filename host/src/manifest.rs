@@ -175,7 +175,10 @@ impl RunnerBatching {
         if let Some(ms) = self.max_latency_ms
             && !(1..=(MAX_TIMEOUT_SECONDS as u64) * 1000).contains(&ms)
         {
-            return Err(format!("batching.max_latency_ms must be 1 to {}, got {ms}", MAX_TIMEOUT_SECONDS as u64 * 1000));
+            return Err(format!(
+                "batching.max_latency_ms must be 1 to {}, got {ms}",
+                MAX_TIMEOUT_SECONDS as u64 * 1000
+            ));
         }
         Ok(())
     }

@@ -73,9 +73,17 @@ impl Default for Metrics {
         let replicas = crate::scale::controller::ReplicaGauges::default();
         registry.register("replicas", "Replicas of each component, current and desired", replicas.clone());
         let device_weights = crate::runner::DeviceWeights::default();
-        registry.register("device_weights_bytes", "Bytes of model weights held on each device", device_weights.clone());
+        registry.register(
+            "device_weights_bytes",
+            "Bytes of model weights held on each device",
+            device_weights.clone(),
+        );
         let device_memory = Family::<DeviceMemoryLabels, Gauge>::default();
-        registry.register("device_memory_bytes", "Memory of each device, total and free", device_memory.clone());
+        registry.register(
+            "device_memory_bytes",
+            "Memory of each device, total and free",
+            device_memory.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,

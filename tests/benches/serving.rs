@@ -241,16 +241,15 @@ async fn main() {
         wasmbento::runner::Batching { max_batch_size: 1, max_latency: None },
     ));
     let cpu = wasmbento::devices::Device::Cpu;
-    let runner =
-        wasmbento::runner::Runner::new(
-            "all-minilm-l6-v2",
-            model.clone(),
-            cache,
-            cpu,
-            &Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
+    let runner = wasmbento::runner::Runner::new(
+        "all-minilm-l6-v2",
+        model.clone(),
+        cache,
+        cpu,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
     runner.set_replicas(1).await.unwrap();
     let models =
         Arc::new(ModelSet::new(BTreeMap::from([("all-minilm-l6-v2".to_string(), Arc::clone(&runner))])));
@@ -322,8 +321,7 @@ async fn main() {
         let server = wasmbento::server::start(&store, serve_options(&["hello"])).await.unwrap();
         server.wait_ready().await.unwrap();
         let d = Arc::clone(&server.state.deployments.get("hello").unwrap());
-        let mut policy = wasmbento::scale::ScalingPolicy::default();
-        policy.min_replicas = 0;
+        let policy = wasmbento::scale::ScalingPolicy { min_replicas: 0, ..Default::default() };
         d.set_scaling(policy).unwrap();
         let url = format!("http://{}/hello/greet", server.addr);
         let http = reqwest::Client::new();

@@ -3,7 +3,6 @@
 //! forward pass to check the runner against.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::Result;
 use serde_json::json;
@@ -33,13 +32,13 @@ pub fn temp_store() -> (tempfile::TempDir, Store) {
 
 // Plugin builds share cargo's target directory; one at a time per process
 // keeps cargo's own lock from interleaving their output.
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Builds a plugin into `store` with the same code as `wasmbento build`.
 pub async fn build_plugin(store: &Store, rel: &str) -> Result<wasmbento::store::StoredBento> {
     let runtime = Runtime::new(&RuntimeOptions::default(), &store.compiled_cache_dir())?;
     let dir = plugin_dir(rel);
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = BUILD_LOCK.lock().await;
     wasmbento::builder::build(store, &runtime, &dir).await
 }
 
@@ -139,7 +138,9 @@ pub fn wasmbento_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WASMBENTO_BIN") {
         return bin.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     let bin = target.join("debug").join("wasmbento");
     assert!(bin.is_file(), "{} is missing: build it with `cargo build -p wasmbento`", bin.display());
     bin

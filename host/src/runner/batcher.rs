@@ -14,10 +14,13 @@
 //! Outputs are split back by rows. Calls that cannot be merged run alone.
 //!
 //! A latency objective (`max_latency`, BentoML's `max_latency_ms`) is kept
-//! with BentoML's cost model: a batch of `n` items takes `o_a·n + o_b`,
-//! fitted by least squares to the batches actually run. A call whose wait so
-//! far plus its predicted batch time exceeds the objective fails at once
-//! ([`RunnerError::Overloaded`], HTTP 503) instead of running late.
+//! with BentoML's cost model: a batch of size `n` takes `o_a·n + o_b`,
+//! fitted by least squares to the batches actually run. For encoder inputs
+//! `n` counts padded tokens (rows × longest sequence) rather than rows, as
+//! the work does: one batch of long texts then does not make later short
+//! ones look slow. A call whose wait so far plus its predicted batch time
+//! exceeds the objective fails at once ([`RunnerError::Overloaded`], HTTP
+//! 503) instead of running late.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, mpsc};
@@ -52,7 +55,8 @@ impl Job {
     }
 }
 
-/// `seconds = a·items + b`, fitted to recent batches.
+/// `seconds = a·n + b` for a batch of size `n` ([`work`]), fitted to recent
+/// batches.
 #[derive(Debug, Default)]
 pub struct CostModel {
     samples: VecDeque<(f64, f64)>,
@@ -85,6 +89,18 @@ impl CostModel {
     /// Predicted time of a batch of `items`; `None` before any observation.
     pub fn predict(&self, items: usize) -> Option<Duration> {
         self.fit.map(|(a, b)| Duration::from_secs_f64(a * items as f64 + b))
+    }
+}
+
+/// The size of a batch for the cost model: padded tokens (rows × longest
+/// sequence) when every call is mergeable, else one per row or call.
+fn work(batch: &[Job]) -> usize {
+    let seq = |j: &Job| j.inputs.first().and_then(|(_, t)| t.dims.get(1).copied());
+    let longest = batch.iter().map(|j| j.rows().and(seq(j))).collect::<Option<Vec<_>>>();
+    let rows: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
+    match longest.and_then(|l| l.into_iter().max()) {
+        Some(seq) => rows * seq.max(1),
+        None => rows,
     }
 }
 
@@ -196,6 +212,7 @@ fn run_batch(
         batch = reject_late(batch, cost, max, Instant::now());
     }
     let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
+    let size = work(&batch);
     let started = Instant::now();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match batch.len() {
         0 => false,
@@ -221,7 +238,7 @@ fn run_batch(
         }
     }));
     match ran {
-        Ok(true) => cost.observe(items, started.elapsed()),
+        Ok(true) => cost.observe(size, started.elapsed()),
         Ok(false) => {}
         // The batch's reply channels were dropped: its callers see an error.
         Err(_) => tracing::error!("a runner backend panicked; its batch failed"),
@@ -230,8 +247,7 @@ fn run_batch(
 
 /// Fails the calls that would finish past `max` after arrival, keeping the rest.
 fn reject_late(batch: Vec<Job>, cost: &CostModel, max: Duration, now: Instant) -> Vec<Job> {
-    let items: usize = batch.iter().map(|j| j.rows().unwrap_or(1)).sum();
-    let Some(predicted) = cost.predict(items) else { return batch };
+    let Some(predicted) = cost.predict(work(&batch)) else { return batch };
     let mut kept = Vec::with_capacity(batch.len());
     for job in batch {
         let waited = now.saturating_duration_since(job.arrived);
@@ -484,6 +500,27 @@ mod tests {
         // Least squares over all five: 4.2104 ms per item plus 12.6326 ms.
         let p = cost.predict(24).unwrap().as_secs_f64() * 1e3;
         assert!((p - 113.683).abs() < 0.01, "{p}");
+    }
+
+    #[test]
+    fn the_cost_model_counts_padded_tokens() {
+        let now = Instant::now();
+        let job = |rows: &[&[i64]]| Job::new(call(rows), now).0;
+        // Two calls merge into 3 rows padded to the longest, 4 tokens.
+        assert_eq!(work(&[job(&[&[1, 2, 3, 4]]), job(&[&[1], &[1, 2]])]), 12);
+        // A call that cannot be merged counts one.
+        let scalar = Job::new(vec![("x".into(), Tensor::from_f32(vec![1], &[1.0]))], now).0;
+        assert_eq!(work(&[scalar]), 1);
+        // One long batch does not make short ones look slow.
+        let uniform = |rows: usize, seq: usize| {
+            let rows = vec![vec![7i64; seq]; rows];
+            job(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        };
+        let mut cost = CostModel::default();
+        cost.observe(work(&[uniform(4, 256)]), Duration::from_millis(400));
+        cost.observe(work(&[uniform(8, 8)]), Duration::from_millis(30));
+        let short = cost.predict(work(&[uniform(64, 8)])).unwrap();
+        assert!(short < Duration::from_millis(250), "{short:?}");
     }
 
     #[test]

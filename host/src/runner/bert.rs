@@ -107,7 +107,7 @@ impl BertModel {
         if config.hidden_act != "gelu" {
             bail!("hidden_act {:?} is not supported (only \"gelu\")", config.hidden_act);
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             bail!("hidden_size must be a multiple of num_attention_heads");
         }
         let weights = dir.join("model.safetensors");

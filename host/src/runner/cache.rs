@@ -33,11 +33,14 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
+/// A model on a device.
+type Key = (Tag, Device);
+
 /// The models loaded in this host, by exact tag and device.
 pub struct ModelCache {
-    weights: Mutex<HashMap<(Tag, Device), Weak<dyn Backend>>>,
+    weights: Mutex<HashMap<Key, Weak<dyn Backend>>>,
     /// One load at a time per model and device.
-    loading: Mutex<HashMap<(Tag, Device), Arc<tokio::sync::Mutex<()>>>>,
+    loading: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     tokenizers: Mutex<HashMap<Tag, Option<Arc<TextTokenizer>>>>,
     /// Models whose files were checked against their digests in this process.
     verified: Mutex<std::collections::HashSet<String>>,

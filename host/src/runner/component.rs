@@ -25,8 +25,8 @@ use tokio::sync::watch;
 
 use super::batcher::{self, Job, Work};
 use super::{Backend, Batching, ModelCache, NamedTensor, RunnerError, TextTokenizer};
-use crate::manifest::{RunnerBatching, RunnerTraffic};
 use crate::devices::Device;
+use crate::manifest::{RunnerBatching, RunnerTraffic};
 use crate::nn::CustomGauges;
 use crate::store::StoredModel;
 use crate::tag::Tag;

@@ -79,10 +79,8 @@ pub fn compile_kernels() -> Result<Ptx, String> {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("the NVRTC runtime compiler (libnvrtc.so) was not found".into());
     }
-    let options = cudarc::nvrtc::CompileOptions {
-        name: Some("cuda_kernels.cu".into()),
-        ..Default::default()
-    };
+    let options =
+        cudarc::nvrtc::CompileOptions { name: Some("cuda_kernels.cu".into()), ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, options).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => {
             format!("compiling the CUDA kernels: {}", log.to_string_lossy())
@@ -273,7 +271,11 @@ macro_rules! launch {
 
 /// One thread per element.
 fn per_element(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// One block per row.
@@ -389,7 +391,13 @@ impl CudaEncoder {
     }
 
     /// `[batch·seq, heads·head_dim]` ⇄ `[batch·heads, seq, head_dim]`.
-    fn reshape_heads(&self, x: &DeviceTensor, mask: &DeviceMask, heads: usize, split: bool) -> Result<CudaSlice<f32>> {
+    fn reshape_heads(
+        &self,
+        x: &DeviceTensor,
+        mask: &DeviceMask,
+        heads: usize,
+        split: bool,
+    ) -> Result<CudaSlice<f32>> {
         let n = x.rows * x.cols;
         let mut out = self.alloc(n)?;
         let (b, s, h, d) = (int(mask.batch)?, int(mask.seq)?, int(heads)?, int(x.cols / heads)?);
@@ -455,10 +463,13 @@ impl EncoderOps for CudaEncoder {
 
     fn norm(&self, layer: usize, which: Norm, x: &DeviceTensor) -> Result<DeviceTensor> {
         let l = &self.layers[layer];
-        self.layer_norm(x, match which {
-            Norm::Attention => &l.attention_norm,
-            Norm::Output => &l.output_norm,
-        })
+        self.layer_norm(
+            x,
+            match which {
+                Norm::Attention => &l.attention_norm,
+                Norm::Output => &l.output_norm,
+            },
+        )
     }
 
     fn add(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
@@ -497,14 +508,18 @@ impl EncoderOps for CudaEncoder {
         let mut scores = self.alloc(count * seq * seq)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
         // SAFETY: the configurations' sizes and strides are those of the buffers.
-        unsafe { self.blas.gemm_strided_batched(scores_gemm(count, seq, head_dim, scale), &kh, &qh, &mut scores) }
-            .context("cuBLAS batched GEMM (attention scores)")?;
+        unsafe {
+            self.blas.gemm_strided_batched(scores_gemm(count, seq, head_dim, scale), &kh, &qh, &mut scores)
+        }
+        .context("cuBLAS batched GEMM (attention scores)")?;
         let (h, s) = (int(heads)?, int(seq)?);
         int(count * seq * seq)?;
         launch!(self, masked_softmax, per_row(count * seq), &mut scores, &mask.values, &h, &s)?;
         let mut context = self.alloc(count * seq * head_dim)?;
-        unsafe { self.blas.gemm_strided_batched(context_gemm(count, seq, head_dim), &vh, &scores, &mut context) }
-            .context("cuBLAS batched GEMM (attention context)")?;
+        unsafe {
+            self.blas.gemm_strided_batched(context_gemm(count, seq, head_dim), &vh, &scores, &mut context)
+        }
+        .context("cuBLAS batched GEMM (attention context)")?;
         let per_head = DeviceTensor { data: context, rows: q.rows, cols: q.cols };
         let merged = self.reshape_heads(&per_head, mask, heads, false)?;
         Ok(DeviceTensor { data: merged, rows: q.rows, cols: q.cols })
@@ -513,7 +528,17 @@ impl EncoderOps for CudaEncoder {
     fn mean_pool(&self, x: &DeviceTensor, mask: &DeviceMask) -> Result<DeviceTensor> {
         let mut out = self.alloc(mask.batch * x.cols)?;
         let (b, s, h) = (int(mask.batch)?, int(mask.seq)?, int(x.cols)?);
-        launch!(self, mean_pool, per_element(mask.batch * x.cols), &mut out, &x.data, &mask.values, &b, &s, &h)?;
+        launch!(
+            self,
+            mean_pool,
+            per_element(mask.batch * x.cols),
+            &mut out,
+            &x.data,
+            &mask.values,
+            &b,
+            &s,
+            &h
+        )?;
         Ok(DeviceTensor { data: out, rows: mask.batch, cols: x.cols })
     }
 
