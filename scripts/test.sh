@@ -16,6 +16,4 @@ export WASMBENTO_MINILM_DIR
 LD_LIBRARY_PATH="$(nvrtc_from_pypi)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH WASMBENTO_REQUIRE_NVRTC=1
 
-# The command-line tests run the binary itself.
-cargo build -p wasmbento --bin wasmbento
 cargo test "$@"

@@ -186,13 +186,14 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     let (_, batching) = admin.get(&format!("{runner}/batching")).await;
     assert_eq!(batching, json!({"max_batch_size": 32}));
 
-    // Batching replaced live: one item per pass from the next batch on.
-    let (s, reply) = admin.put(&format!("{runner}/batching"), json!({"max_batch_size": 1})).await;
+    // Batching replaced live: at most 2 items per pass from the next batch
+    // on, so one call of 8 texts runs as 4 passes (1 pass at 32).
+    let (s, reply) = admin.put(&format!("{runner}/batching"), json!({"max_batch_size": 2})).await;
     assert_eq!(s, StatusCode::OK, "{reply}");
     let (_, show) = admin.get("/deployments/embedder").await;
     // max_latency_ms left out: the host's default (none in the tests).
     let effective = &show["runners"]["all-minilm-l6-v2"]["batching"];
-    assert_eq!(*effective, json!({"max_batch_size": 1, "max_latency_ms": null}), "{show}");
+    assert_eq!(*effective, json!({"max_batch_size": 2, "max_latency_ms": null}), "{show}");
     let scrape = || {
         let (http, url) = (admin.http.clone(), format!("{}/metrics", admin.base));
         async move { http.get(url).send().await.unwrap().text().await.unwrap() }
@@ -202,24 +203,15 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
         wasmbento_tests::metric(metrics, &series).unwrap_or(0.0)
     };
     let before = scrape().await;
-    let calls: Vec<_> = (0..8)
-        .map(|i| {
-            let (http, url) = (admin.http.clone(), format!("{}/embedder/encode", admin.base));
-            tokio::spawn(async move {
-                let body = json!({"texts": [format!("call {i}")]});
-                http.post(url).json(&body).send().await.unwrap().status()
-            })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap(), StatusCode::OK);
-    }
+    let texts: Vec<String> = (0..8).map(|i| format!("text {i}")).collect();
+    let res = admin.http.post(format!("{}/embedder/encode", admin.base)).json(&json!({"texts": texts}));
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
     let after = scrape().await;
     let (passes, items) = (
         histogram(&after, "count") - histogram(&before, "count"),
         histogram(&after, "sum") - histogram(&before, "sum"),
     );
-    assert_eq!((passes, items), (8.0, 8.0), "max_batch_size 1 still merged");
+    assert_eq!((passes, items), (4.0, 8.0), "max_batch_size 2 was not applied");
 
     // Unknown runners and bad JSON.
     let (s, reply) = admin.get("/deployments/embedder/runners/nope/traffic").await;
@@ -265,7 +257,7 @@ async fn runner_policies_are_read_replaced_live_and_kept_across_restarts() {
     server.wait_ready().await.unwrap();
     let admin = Admin { http: admin.http, base: format!("http://{}", server.addr) };
     assert_eq!(admin.get(&format!("{runner}/traffic")).await.1["timeout"], 5.0);
-    assert_eq!(admin.get(&format!("{runner}/batching")).await.1, json!({"max_batch_size": 1}));
+    assert_eq!(admin.get(&format!("{runner}/batching")).await.1, json!({"max_batch_size": 2}));
     let (_, scaling) = admin.get(&format!("{runner}/scaling")).await;
     assert_eq!((scaling["min_replicas"].as_u64(), scaling["max_pending"].as_u64()), (Some(0), Some(8)));
     let r = server.state.deployments.get("embedder").unwrap().runner("all-minilm-l6-v2").unwrap();

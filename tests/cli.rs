@@ -80,6 +80,17 @@ fn push_list_delete_pull_and_serve_from_the_command_line() {
     assert_eq!(tags(&json(home.path(), &["list", "--json"]), "name"), ["embedder"]);
     assert_eq!(json(home.path(), &["models", "list", "--json"]).as_array().unwrap().len(), 1);
 
+    // A model alone, through `models push` and `models pull --json`.
+    let models = format!("{}/team/models/all-minilm-l6-v2", registry.addr);
+    let listed = json(home.path(), &["models", "list", "--json"]);
+    let model_version = listed[0]["version"].as_str().expect("a model version").to_string();
+    ok(home.path(), &["models", "push", "all-minilm-l6-v2", &models, "--quiet"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let pulled = json(elsewhere.path(), &["models", "pull", &format!("{models}:{model_version}"), "--json"]);
+    assert_eq!(pulled["kind"], "model", "{pulled}");
+    assert_eq!(pulled["tag"], format!("all-minilm-l6-v2:{model_version}"), "{pulled}");
+    assert_eq!(json(elsewhere.path(), &["models", "list", "--json"]).as_array().unwrap().len(), 1);
+
     // A refusal is an error naming what went wrong, and exits non-zero.
     let missing = run(home.path(), &["pull", &format!("{reference}:9.9.9"), "--quiet"], None);
     assert!(!missing.status.success());

@@ -151,5 +151,12 @@ async fn a_runner_at_zero_unloads_its_weights_and_wakes_on_demand() {
         events.iter().any(|e| e.message.starts_with(&format!("{prefix} 1 → 2")) && e.message.contains("pending_items")),
         "{events:?}"
     );
+    let metrics = scrape().await;
+    for kind in ["current", "desired"] {
+        let series = format!(
+            r#"wasmbento_replicas{{deployment="embedder",component="runner:{MODEL}",kind="{kind}"}} 2"#
+        );
+        assert!(metrics.contains(&series), "{series} missing");
+    }
     server.shutdown().await.unwrap();
 }

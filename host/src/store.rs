@@ -720,6 +720,28 @@ mod tests {
     }
 
     #[test]
+    fn a_killed_writer_leaves_the_old_configuration_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = crate::deployment::DeploymentConfig {
+            bento: "hello:0.1.0".into(),
+            traffic: Default::default(),
+            scaling: Default::default(),
+            runners: Default::default(),
+            resources: Default::default(),
+            restore: true,
+        };
+        store.save_deployment_config("d", &config).unwrap();
+        // What a writer killed mid-write leaves: a partial temporary file
+        // beside the configuration, which is untouched until the rename.
+        let deployments = dir.path().join("deployments");
+        std::fs::write(deployments.join(".tmpKILLED"), br#"{"bento": "hello:0.1.0", "traff"#).unwrap();
+        assert_eq!(store.deployment_config("d").unwrap(), Some(config.clone()));
+        let all = store.deployment_configs().unwrap();
+        assert_eq!(all, vec![("d".to_string(), config)]);
+    }
+
+    #[test]
     fn imports_resolve_and_dedupe() {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();

@@ -133,15 +133,26 @@ pub fn metric(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// The `wasmbento` binary: `WASMBENTO_BIN`, or `debug/wasmbento` in the
-/// cargo target directory (`scripts/test.sh` builds it before the tests).
+/// cargo target directory, built (or found fresh) once per test process so
+/// that the tests never run a stale one.
 pub fn wasmbento_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WASMBENTO_BIN") {
         return bin.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("debug").join("wasmbento");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p wasmbento`", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "wasmbento", "--bin", "wasmbento"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("running cargo build -p wasmbento");
+            assert!(status.success(), "cargo build -p wasmbento failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug").join("wasmbento")
+        })
+        .clone()
 }

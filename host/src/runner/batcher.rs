@@ -134,10 +134,7 @@ pub fn run_worker(
     let mut carried: Option<Job> = None;
     let mut cost = CostModel::default();
     loop {
-        let super::Batching { max_batch_size, max_latency } = settings();
-        let max_batch_size = max_batch_size.max(1);
-        let batching = backend.batchable() && max_batch_size > 1;
-        let (batch, stop) = {
+        let (batch, stop, limits) = {
             let jobs = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let first = match carried.take() {
                 Some(job) => job,
@@ -146,9 +143,13 @@ pub fn run_worker(
                     Ok(Work::Stop) | Err(_) => return,
                 },
             };
-            collect(first, &jobs, batching, max_batch_size, &mut carried)
+            // Read once there is work: the wait may have outlived a change.
+            let super::Batching { max_batch_size, max_latency } = settings();
+            let max_batch_size = max_batch_size.max(1);
+            let split = backend.batchable() && max_batch_size > 1;
+            let (batch, stop) = collect(first, &jobs, split, max_batch_size, &mut carried);
+            (batch, stop, Limits { max_batch_size, max_latency, split })
         };
-        let limits = Limits { max_batch_size, max_latency, split: batching };
         run_batch(backend, batch, &mut cost, &limits, &on_batch);
         if stop {
             // What was taken is answered before leaving.

@@ -288,6 +288,24 @@ mod tests {
         let d = a.decide(&o);
         assert_eq!(d.desired, 7, "{}", d.reason);
         assert!(d.reason.contains("qps") && d.reason.contains("custom:tokens"), "{}", d.reason);
+
+        // cpu (% of one core) and memory (MiB) are targets like any other.
+        let mut p = policy(1, 20);
+        p.policy.metrics = vec![
+            MetricTarget { metric: Metric::Cpu, value: 50.0 },
+            MetricTarget { metric: Metric::Memory, value: 512.0 },
+        ];
+        let usage = |cpu: f64, memory: f64| Observation {
+            now: 0.0,
+            current: 2,
+            totals: BTreeMap::from([(Metric::Cpu, cpu), (Metric::Memory, memory)]),
+            demand: 1,
+        };
+        let d = Autoscaler::new(p.clone()).decide(&usage(180.0, 600.0)); // cpu → 4, memory → 2
+        assert_eq!(d.desired, 4, "{}", d.reason);
+        let d = Autoscaler::new(p).decide(&usage(40.0, 2600.0)); // memory → 6
+        assert_eq!(d.desired, 6, "{}", d.reason);
+        assert!(d.reason.contains("memory"), "{}", d.reason);
     }
 
     #[test]
