@@ -73,14 +73,21 @@ fn missing_library() -> Result<(), String> {
     }
 }
 
-/// Compiles the kernels with NVRTC (needs only libnvrtc, no GPU).
+/// Compiles the kernels with NVRTC (needs only libnvrtc, no GPU) for
+/// NVRTC's default virtual architecture, which the driver JIT-compiles for
+/// any newer device.
 pub fn compile_kernels() -> Result<Ptx, String> {
+    compile_kernels_for(None)
+}
+
+/// [`compile_kernels`] for one virtual architecture (`"compute_90"`).
+pub fn compile_kernels_for(arch: Option<&'static str>) -> Result<Ptx, String> {
     // SAFETY: only tries to open a shared library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("the NVRTC runtime compiler (libnvrtc.so) was not found".into());
     }
     let options =
-        cudarc::nvrtc::CompileOptions { name: Some("cuda_kernels.cu".into()), ..Default::default() };
+        cudarc::nvrtc::CompileOptions { name: Some("cuda_kernels.cu".into()), arch, ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, options).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => {
             format!("compiling the CUDA kernels: {}", log.to_string_lossy())
@@ -721,6 +728,12 @@ mod tests {
         let ptx = compile_kernels().unwrap().to_src();
         for name in KERNEL_NAMES {
             assert!(ptx.contains(&format!(".entry {name}(")), "no kernel {name} in the PTX");
+        }
+        // And for the architectures of the GPUs most likely to run it
+        // (T4, A100, H100/H200), where the compiler may choose differently.
+        for arch in ["compute_75", "compute_80", "compute_90"] {
+            let ptx = compile_kernels_for(Some(arch)).unwrap_or_else(|e| panic!("{arch}: {e}")).to_src();
+            assert!(ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])), "{arch}");
         }
     }
 
