@@ -287,7 +287,7 @@ fn check_device(
     seconds: f64,
     json: bool,
 ) -> Result<()> {
-    use crate::devices::{Device, Placement, Resources};
+    use crate::devices::Device;
     // The arguments first, then the hardware.
     if !(seconds > 0.0 && seconds <= 3600.0) {
         anyhow::bail!("--seconds must be more than 0 and at most 3600, got {seconds}");
@@ -304,18 +304,16 @@ fn check_device(
     };
     let device = match device {
         Some(device) => device,
-        None => {
-            let gpus = crate::devices::gpus().as_ref().map(Vec::as_slice).map_err(String::as_str);
-            let wants = Resources { gpu: 1, gpu_required: true, ..Resources::default() };
-            match crate::devices::place(&wants, gpus, 0) {
-                Ok(Placement::Gpu { ordinal }) => Device::Cuda(ordinal),
-                Ok(Placement::Cpu { .. }) => unreachable!("a required GPU never falls back"),
-                Err(why) => anyhow::bail!(
-                    "no GPU to check ({}); --device cpu runs the check CPU against CPU",
-                    why.trim_start_matches("the deployment requires a GPU: ")
+        // The GPU with the most free memory, as placement would choose.
+        None => match crate::runner::cuda::usable_gpus() {
+            Ok(gpus) => match gpus.iter().max_by_key(|g| g.memory_free_bytes) {
+                Some(gpu) => Device::Cuda(gpu.ordinal),
+                None => anyhow::bail!(
+                    "no GPU to check (this host has no GPU); --device cpu runs the check CPU against CPU"
                 ),
-            }
-        }
+            },
+            Err(why) => anyhow::bail!("no GPU to check ({why}); --device cpu runs the check CPU against CPU"),
+        },
     };
     let report = crate::device_check::run(
         dir,

@@ -244,18 +244,9 @@ impl Deployment {
             return Ok(Device::Cpu);
         }
         let weights: u64 = model.info.files.iter().map(|f| f.size).sum();
-        let usable: Result<&[crate::devices::GpuInfo], String> = match crate::devices::gpus() {
-            Err(why) => Err(why.clone()),
-            Ok(gpus) if gpus.is_empty() => Ok(gpus),
-            Ok(gpus) => crate::runner::cuda::ready()
-                .map(|()| gpus.as_slice())
-                .map_err(|why| format!("a GPU was found but {why}")),
-        };
-        let found = match &usable {
-            Ok(gpus) => Ok(*gpus),
-            Err(why) => Err(why.as_str()),
-        };
-        let placement = crate::devices::place(&resources, found, weights)?;
+        let usable = crate::runner::cuda::usable_gpus();
+        let placement =
+            crate::devices::place(&resources, usable.as_deref().map_err(String::as_str), weights)?;
         let message = match &placement {
             Placement::Gpu { ordinal } => format!("runner {name}: on GPU {ordinal}"),
             Placement::Cpu { warning } => {

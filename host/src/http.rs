@@ -49,8 +49,9 @@ impl AppState {
         metrics: Metrics,
         max_request_bytes: usize,
         admin_token: String,
+        api_token: Option<String>,
     ) -> AppState {
-        AppState { deployments, metrics, max_request_bytes, admin_token, api_token: None }
+        AppState { deployments, metrics, max_request_bytes, admin_token, api_token }
     }
 }
 

@@ -76,9 +76,8 @@ pub async fn start(store: &Store, options: ServeOptions) -> Result<RunningServer
         Some(token) if !token.is_empty() => token,
         _ => kept_admin_token(store)?,
     };
-    let mut state = AppState::new(fleet, metrics, options.max_request_bytes, admin_token);
-    state.api_token = options.api_token;
-    let state = Arc::new(state);
+    let state =
+        Arc::new(AppState::new(fleet, metrics, options.max_request_bytes, admin_token, options.api_token));
     let listener =
         TcpListener::bind(options.addr).await.with_context(|| format!("binding {}", options.addr))?;
     let addr = listener.local_addr()?;

@@ -45,6 +45,16 @@ pub fn ready() -> Result<(), String> {
     compiled_kernels().map(|_| ())
 }
 
+/// The GPUs this backend can run on (possibly none), or why there are none
+/// it can use: discovery's reason, or what the backend lacks.
+pub fn usable_gpus() -> Result<&'static [crate::devices::GpuInfo], String> {
+    match crate::devices::gpus() {
+        Err(why) => Err(why.clone()),
+        Ok(gpus) if gpus.is_empty() => Ok(gpus),
+        Ok(gpus) => ready().map(|()| gpus.as_slice()).map_err(|why| format!("a GPU was found but {why}")),
+    }
+}
+
 /// The kernels as PTX, compiled once per process (the driver JIT-compiles
 /// PTX for each device's architecture when the module loads).
 fn compiled_kernels() -> Result<&'static Ptx, String> {

@@ -422,15 +422,9 @@ mod tests {
     fn periodic_load_does_not_make_it_flap() {
         // Load alternates every 20 s between 40 and 4 in flight (5 and 1
         // replicas' worth). HPA semantics hold the peak instead of following it.
+        let periodic = |t: f64| if ((t / 20.0) as u64).is_multiple_of(2) { 40.0 } else { 4.0 };
         let mut a = Autoscaler::new(policy(1, 10));
-        let trace =
-            simulate(
-                &mut a,
-                1,
-                600.0,
-                5.0,
-                |t| if ((t / 20.0) as u64).is_multiple_of(2) { 40.0 } else { 4.0 },
-            );
+        let trace = simulate(&mut a, 1, 600.0, 5.0, periodic);
         let changes = trace.windows(2).filter(|w| w[0].1 != w[1].1).count();
         assert_eq!(changes, 0, "{trace:?}"); // up to 5 at once, then held
         assert!(trace.iter().all(|(_, r)| *r == 5), "{trace:?}");
@@ -439,14 +433,7 @@ mod tests {
         let mut p = policy(1, 10);
         p.policy.scale_down_stabilization_window = 0.0;
         let mut a = Autoscaler::new(p);
-        let trace =
-            simulate(
-                &mut a,
-                1,
-                600.0,
-                5.0,
-                |t| if ((t / 20.0) as u64).is_multiple_of(2) { 40.0 } else { 4.0 },
-            );
+        let trace = simulate(&mut a, 1, 600.0, 5.0, periodic);
         let changes = trace.windows(2).filter(|w| w[0].1 != w[1].1).count();
         assert!(changes > 20, "{changes} changes");
     }
